@@ -1,0 +1,130 @@
+"""The workspace REST calls the SDK v1 `BatchCompute` made, as typed async functions."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from batchcompute_operator.spec import AttachmentSpec, WorkspaceRef
+from batchcompute_operator.workspace.client import ArmClient
+from batchcompute_operator.workspace.errors import ArmError
+from batchcompute_operator.workspace.models import (
+    ComputeView,
+    OperationStatus,
+    parse_compute,
+    parse_operation,
+)
+
+MAX_LIST_PAGES = 1000  # a bound against a nextLink loop; 100k computes in one workspace
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """ARM accepted a PUT/DELETE; `url` is the operation to watch (None: already done)."""
+
+    url: str | None
+    retry_after: float | None
+    compute: ComputeView | None = None
+
+
+class WorkspaceApi:
+    def __init__(self, client: ArmClient) -> None:
+        self.client = client
+        self._locations: dict[tuple[str, str, str], str] = {}
+        self._location_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+
+    async def location(self, ws: WorkspaceRef) -> str:
+        """The workspace's region, which every attach payload must carry; cached per process."""
+        cached = self._locations.get(ws.key)
+        if cached is not None:
+            return cached
+        lock = self._location_locks.setdefault(ws.key, asyncio.Lock())
+        async with lock:
+            if ws.key not in self._locations:
+                resp = await self.client.call("GET", self.client.url_for(ws.arm_id),
+                                              ws.subscription_id)
+                body = resp.body if isinstance(resp.body, Mapping) else {}
+                location = body.get("location")
+                if not isinstance(location, str) or not location:
+                    raise ArmError(resp.status, "InvalidWorkspace",
+                                   f"workspace {ws.name!r} has no location in ARM's answer",
+                                   retryable=True)
+                self._locations[ws.key] = location
+        return self._locations[ws.key]
+
+    async def list_computes(self, ws: WorkspaceRef) -> dict[str, ComputeView]:
+        """Every compute in the workspace, keyed by folded name; follows nextLink on our host."""
+        url = self.client.url_for(f"{ws.arm_id}/computes")
+        found: dict[str, ComputeView] = {}
+        for _ in range(MAX_LIST_PAGES):
+            resp = await self.client.call("GET", url, ws.subscription_id)
+            body = resp.body if isinstance(resp.body, Mapping) else {}
+            values = body.get("value")
+            if not isinstance(values, list):
+                raise ArmError(resp.status, "InvalidListResponse",
+                               "ARM's compute list had no 'value' array", retryable=True)
+            for raw in values:
+                view = parse_compute(raw)
+                if view is not None:
+                    found[view.name.lower()] = view
+            next_link = body.get("nextLink")
+            if not isinstance(next_link, str) or not next_link:
+                return found
+            url = self.client.checked(next_link)
+        raise ArmError(0, "ListTooLong", "compute list did not end", retryable=False)
+
+    async def get_compute(self, ws: WorkspaceRef, name: str) -> ComputeView | None:
+        try:
+            resp = await self.client.call("GET", self.client.url_for(ws.compute_id(name)),
+                                          ws.subscription_id)
+        except ArmError as err:
+            if err.status == 404:
+                return None
+            raise
+        return parse_compute(resp.body)
+
+    async def put_compute(self, spec: AttachmentSpec, location: str,
+                          tags: Mapping[str, str]) -> Submitted:
+        properties: dict[str, str] = {"computeType": "Batch", "resourceId": spec.batch_account_id}
+        if spec.description:
+            properties["description"] = spec.description
+        payload = {"location": location, "tags": dict(tags), "properties": properties}
+        resp = await self.client.call("PUT", self.client.url_for(spec.compute_id),
+                                      spec.workspace.subscription_id, body=payload)
+        return self._submitted(resp.headers, parse_compute(resp.body))
+
+    async def delete_compute(self, ws: WorkspaceRef, name: str) -> Submitted:
+        """Detach only: the SDK refuses to delete a Batch account, and so do we."""
+        url = self.client.url_for(ws.compute_id(name)).copy_merge_params(
+            {"underlyingResourceAction": "Detach"})
+        try:
+            resp = await self.client.call("DELETE", url, ws.subscription_id)
+        except ArmError as err:
+            if err.status == 404:
+                return Submitted(None, None)
+            raise
+        if resp.status == 204:
+            return Submitted(None, None)
+        return self._submitted(resp.headers, None)
+
+    def _submitted(self, headers: Mapping[str, str], compute: ComputeView | None) -> Submitted:
+        url = headers.get("Azure-AsyncOperation") or headers.get("Location")
+        if url:
+            self.client.checked(url)  # refuse a foreign operation URL now, not at the first poll
+        retry = headers.get("Retry-After")
+        return Submitted(url or None, float(retry) if retry and retry.isdigit() else None, compute)
+
+    async def operation(self, url: str, subscription: str) -> OperationStatus | None:
+        """The operation's status; None when ARM no longer knows it (expired, 404)."""
+        try:
+            resp = await self.client.call("GET", self.client.checked(url), subscription)
+        except ArmError as err:
+            if err.status == 404:
+                return None
+            raise
+        if resp.status == 202:
+            return OperationStatus("InProgress")  # a Location poll still running
+        if resp.status in (200, 201, 204) and "status" not in (resp.body or {}):
+            return OperationStatus("Succeeded")  # a Location poll that finished
+        return parse_operation(resp.body)

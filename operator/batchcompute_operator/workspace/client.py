@@ -1,0 +1,184 @@
+"""The ARM client: one httpx.AsyncClient per process, paced, retrying, token-guarding.
+
+Every call names its subscription and kind so the pacer can hold it back before ARM has
+to. Reads are retried here on transient failures; writes are not, because a PUT or DELETE
+whose answer was lost may still have happened: the caller re-observes and decides again.
+The bearer token is attached only to URLs on the configured ARM host and scheme.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import httpx
+
+from batchcompute_operator.workspace.errors import (
+    ArmError,
+    AuthenticationFailed,
+    UnsafeUrl,
+    error_from_body,
+)
+from batchcompute_operator.workspace.pacing import Kind, SubscriptionPacer
+
+log = logging.getLogger(__name__)
+
+
+
+class TokenGetter(Protocol):
+    async def __call__(self) -> str: ...
+    def invalidate(self) -> None: ...
+
+Method = Literal["GET", "PUT", "DELETE"]
+
+KIND_BY_METHOD: dict[str, Kind] = {"GET": "reads", "PUT": "writes", "DELETE": "deletes"}
+
+
+@dataclass(frozen=True)
+class ArmResponse:
+    status: int
+    body: Any
+    headers: httpx.Headers
+
+    def header_seconds(self, name: str) -> float | None:
+        return parse_seconds(self.headers.get(name))
+
+
+def parse_seconds(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None  # HTTP-date form; ARM sends seconds, so treat anything else as absent
+    return max(0.0, min(seconds, 3600.0))
+
+
+@dataclass
+class CallStats:
+    """Counters for metrics and the benchmark: what this process asked of ARM."""
+
+    calls: int = 0
+    throttled: int = 0
+    retries: int = 0
+    paced_seconds: float = 0.0
+
+
+class ArmClient:
+    """Talks to one ARM endpoint on behalf of the whole operator process."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        api_version: str,
+        token: TokenGetter,
+        pacer: SubscriptionPacer,
+        *,
+        http: httpx.AsyncClient,
+        allow_insecure_http: bool = False,
+        read_attempts: int = 4,
+        max_backoff: float = 30.0,
+    ) -> None:
+        base = httpx.URL(endpoint)
+        if base.scheme != "https" and not (allow_insecure_http and base.scheme == "http"):
+            raise ValueError(f"ARM endpoint {endpoint!r} must use https")
+        self.base = base
+        self.api_version = api_version
+        self._token = token
+        self._pacer = pacer
+        self._http = http
+        self._allow_http = allow_insecure_http
+        self._read_attempts = read_attempts
+        self._max_backoff = max_backoff
+        self.stats = CallStats()
+
+    def url_for(self, path: str) -> httpx.URL:
+        """An ARM path (already validated segments) on our host, with our api-version."""
+        return self.base.copy_with(path=path, params={"api-version": self.api_version})
+
+    def checked(self, url: str) -> httpx.URL:
+        """Accept a URL ARM handed back (operation, nextLink) only if it is on our host."""
+        parsed = httpx.URL(url)
+        if (parsed.scheme, parsed.host, parsed.port) != (self.base.scheme, self.base.host,
+                                                          self.base.port):
+            raise UnsafeUrl(
+                f"ARM returned a URL on another host or scheme ({parsed.scheme}://{parsed.host}); "
+                "it was not followed and no token was sent"
+            )
+        if parsed.scheme != "https" and not self._allow_http:
+            raise UnsafeUrl("ARM returned a plain-http URL; it was not followed")
+        if "api-version" not in parsed.params:
+            parsed = parsed.copy_merge_params({"api-version": self.api_version})
+        return parsed
+
+    async def call(self, method: Method, url: httpx.URL, subscription: str,
+                   *, body: Any = None, kind: Kind | None = None) -> ArmResponse:
+        """One logical ARM call: paced, and for reads retried on transient failures."""
+        kind = kind or KIND_BY_METHOD[method]
+        attempts = self._read_attempts if method == "GET" else 1
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._once(method, url, subscription, kind, body)
+            except ArmError as err:
+                # A 429 means ARM did nothing, so even a write may be sent again.
+                again = err.retryable and (attempt < attempts or (err.throttled and attempt < 6))
+                if not again or isinstance(err, AuthenticationFailed):
+                    raise
+                delay = self.backoff(attempt, err.retry_after)
+                self.stats.retries += 1
+                log.info("ARM %s %s: %s; retrying in %.1fs", method, url.path, err, delay)
+                await asyncio.sleep(delay)
+
+    def backoff(self, attempt: int, retry_after: float | None) -> float:
+        """Exponential with jitter, never shorter than what ARM asked for."""
+        base = min(self._max_backoff, 0.5 * 2 ** (attempt - 1))
+        jittered: float = base * random.uniform(0.5, 1.5)
+        return max(jittered, retry_after or 0.0)
+
+    async def _once(self, method: Method, url: httpx.URL, subscription: str, kind: Kind,
+                    body: Any) -> ArmResponse:
+        waited = await self._pacer.acquire(subscription, kind)
+        self.stats.paced_seconds += waited
+        token = await self._token()
+        self.stats.calls += 1
+        try:
+            resp = await self._http.request(
+                method, url, json=body,
+                headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+            )
+        except httpx.TimeoutException as exc:
+            raise ArmError(0, "Timeout", f"ARM did not answer in time ({type(exc).__name__})",
+                           retryable=True) from None
+        except httpx.TransportError as exc:
+            raise ArmError(0, "ConnectionError", f"connection to ARM failed ({type(exc).__name__})",
+                           retryable=True) from None
+        retry_after = parse_seconds(resp.headers.get("Retry-After"))
+        remaining = resp.headers.get(f"x-ms-ratelimit-remaining-subscription-{kind}")
+        self._pacer.observe(
+            subscription, kind,
+            int(remaining) if remaining and remaining.isdigit() else None,
+            retry_after if resp.status_code == 429 else None,
+        )
+        parsed = _json_or_text(resp)
+        if resp.status_code == 429:
+            self.stats.throttled += 1
+        if resp.status_code == 401:
+            self._token.invalidate()  # expired or revoked: the next call fetches a new one
+        if resp.status_code >= 400:
+            raise error_from_body(resp.status_code, parsed, retry_after)
+        return ArmResponse(resp.status_code, parsed, resp.headers)
+
+
+def _json_or_text(resp: httpx.Response) -> Any:
+    if not resp.content:
+        return None
+    try:
+        return resp.json()
+    except ValueError:
+        return resp.text
+
