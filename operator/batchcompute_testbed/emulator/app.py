@@ -19,7 +19,7 @@ from .arm import ArmError, Route, error_body, json_response, match_route, method
 from .config import ThrottleConfig
 from .faults import Fault
 from .requestlog import Entry
-from .runtime import EMULATOR, Emulator
+from .runtime import EMULATOR, STOPPING, Emulator
 from .throttle import remaining_header
 
 log = logging.getLogger("batchcompute_testbed.emulator")
@@ -56,11 +56,22 @@ def _drop(request: web.Request) -> NoReturn:
     raise _Dropped
 
 
+async def _stall(request: web.Request, seconds: float) -> None:
+    """Hold the request; if the client gives up meanwhile, abandon it unprocessed."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while (left := deadline - loop.time()) > 0:
+        transport = request.transport
+        if transport is None or transport.is_closing() or request.app[STOPPING].is_set():
+            raise _Dropped
+        await asyncio.sleep(min(left, 0.05))
+
+
 async def _apply_fault(request: web.Request, fault: Fault) -> web.Response | None:
     """Carry out a request fault; None means "go on and answer normally"."""
     action = fault.action
     if "stall_seconds" in action:
-        await asyncio.sleep(float(action["stall_seconds"]))
+        await _stall(request, float(action["stall_seconds"]))
         return _drop(request) if action.get("close") else None
     if action.get("close"):
         return _drop(request)
@@ -210,9 +221,15 @@ async def admin_not_found(request: web.Request) -> web.Response:
     return json_response({"error": f"no admin route {request.method} {request.path}"}, 404)
 
 
+async def _on_shutdown(app: web.Application) -> None:
+    app[STOPPING].set()  # lets stalled requests go before the runner waits for them
+
+
 def build_app(emu: Emulator) -> web.Application:
     app = web.Application(client_max_size=4 * 1024 * 1024)
     app[EMULATOR] = emu
+    app[STOPPING] = asyncio.Event()
+    app.on_shutdown.append(_on_shutdown)
     admin.add_routes(app.router)
     app.router.add_route("*", "/_admin/{tail:.*}", admin_not_found)
     app.router.add_get("/msi/token", identity_token)

@@ -26,7 +26,7 @@ class Fault:
 
     @property
     def action_type(self) -> str:
-        for name in ("operation_result", "close", "stall_seconds", "status"):
+        for name in ("operation_result", "stall_seconds", "close", "status"):
             if name in self.action:
                 return {"stall_seconds": "stall"}.get(name, name)
         raise AssertionError("validated at creation")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 
 from aiohttp import web
@@ -44,3 +45,4 @@ class Emulator:
 
 
 EMULATOR = web.AppKey("emulator", Emulator)
+STOPPING = web.AppKey("stopping", asyncio.Event)
