@@ -93,12 +93,12 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
     return config
 
 
-async def serve(config: EmulatorConfig, ready_file: Path) -> None:
+async def serve(server: EmulatorServer, ready_file: Path) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with EmulatorServer(config) as server:
+    async with server:
         server.write_ready_file(ready_file)
         logging.getLogger("batchcompute_testbed.emulator").info("listening on %s", server.arm_url)
         try:
@@ -116,11 +116,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        config = config_from_args(args)
+        server = EmulatorServer(config_from_args(args))  # validates the seed
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(serve(config, args.ready_file))
+    asyncio.run(serve(server, args.ready_file))
     return 0
 
 

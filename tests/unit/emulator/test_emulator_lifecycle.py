@@ -193,6 +193,6 @@ async def test_operations_complete_without_being_polled(
 
     async def settled() -> bool:
         compute = server.emulator.store.computes[(SUB, RG, WS, "batch-quiet")]
-        return compute.properties["provisioningState"] == "Succeeded"
+        return bool(compute.properties["provisioningState"] == "Succeeded")
 
     await wait_for(settled)
