@@ -13,6 +13,7 @@ from .config import EmulatorConfig
 from .state import BatchAccount, Compute, Store
 
 TERMINAL = frozenset({"Succeeded", "Failed", "Canceled"})
+MAX_OPERATIONS = 20_000
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ class OperationRunner:
             forced=forced,
         )
         self.operations[op.id] = op
+        self._prune()
         op.previous_state = str(compute.properties.get("provisioningState") or "Succeeded")
         compute.operation_id = op.id
         task = asyncio.get_running_loop().create_task(self._run(op))
@@ -96,6 +98,14 @@ class OperationRunner:
         if op is None or op.subscription.lower() != subscription.lower():
             return None
         return op if op.location == location.replace(" ", "").lower() else None
+
+    def _prune(self) -> None:
+        """Forget the oldest finished operations so long benchmark runs stay bounded."""
+        excess = len(self.operations) - MAX_OPERATIONS
+        if excess <= 0:
+            return
+        for op_id in [k for k, op in self.operations.items() if op.done][:excess]:
+            del self.operations[op_id]
 
     async def _run(self, op: Operation) -> None:
         await asyncio.sleep(op.duration)

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
 from azure.core.exceptions import ClientAuthenticationError
 from azure.identity.aio import ManagedIdentityCredential
 
-from batchcompute_testbed.emulator import EmulatorServer
+from batchcompute_testbed.emulator import EmulatorConfig, EmulatorServer
 
-from .helpers import PARAMS, ws_path
+from .helpers import PARAMS, seed, ws_path
 
 ARM_SCOPE = "https://management.azure.com/.default"
 
@@ -99,3 +101,24 @@ async def test_identity_header_and_api_version_are_checked(server: EmulatorServe
         assert body["resource"] == "https://management.azure.com"
         assert isinstance(body["expires_on"], str)
         assert body["expires_on"].isdigit()
+
+
+async def test_identity_endpoint_over_https(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = EmulatorConfig(tls_dir=tmp_path, seed=seed())
+    async with EmulatorServer(config) as server:
+        monkeypatch.setenv("IDENTITY_ENDPOINT", server.identity_endpoint)
+        monkeypatch.setenv("IDENTITY_HEADER", server.identity_header)
+        monkeypatch.delenv("IDENTITY_SERVER_THUMBPRINT", raising=False)
+        assert server.ca_file is not None
+        async with ManagedIdentityCredential(
+            connection_verify=str(server.ca_file), retry_total=0
+        ) as cred:
+            token = await cred.get_token(ARM_SCOPE)
+        trusted = ssl.create_default_context(cafile=str(server.ca_file))
+        async with httpx.AsyncClient(
+            verify=trusted, headers={"Authorization": f"Bearer {token.token}"}
+        ) as client:
+            response = await client.get(server.arm_url + ws_path(), params=PARAMS)
+        assert response.status_code == 200
