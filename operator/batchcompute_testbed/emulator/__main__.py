@@ -53,9 +53,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--static-token",
-        action="append",
+        action="extend",
+        nargs="+",
         default=[],
-        help="a bearer token that is always valid (repeatable)",
+        metavar="TOKEN",
+        help="bearer tokens that are always valid (several, and repeatable)",
     )
     p.add_argument(
         "--token-lifetime", type=int, default=3600, help="lifetime of issued tokens, seconds"
