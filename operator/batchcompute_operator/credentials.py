@@ -53,14 +53,18 @@ def build_credential(settings: Settings) -> AsyncCredential:
     if mode == "static-file":
         assert settings.static_token_file is not None
         return StaticFileCredential(settings.static_token_file)
+    # A private CA (sovereign clouds, proxies, the emulator) is trusted for tokens too.
+    transport: dict[str, Any] = {"connection_verify": settings.ca_bundle} \
+        if settings.ca_bundle else {}
     if mode == "managed-identity":
-        return aio.ManagedIdentityCredential(client_id=settings.managed_identity_client_id)
+        return aio.ManagedIdentityCredential(client_id=settings.managed_identity_client_id,
+                                             **transport)
     if mode == "workload-identity":
-        return aio.WorkloadIdentityCredential()
+        return aio.WorkloadIdentityCredential(**transport)
     if mode == "environment":
-        return aio.EnvironmentCredential()
+        return aio.EnvironmentCredential(**transport)
     return aio.DefaultAzureCredential(
-        managed_identity_client_id=settings.managed_identity_client_id)
+        managed_identity_client_id=settings.managed_identity_client_id, **transport)
 
 
 def scrub(message: str, limit: int = 300) -> str:

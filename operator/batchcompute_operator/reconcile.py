@@ -16,8 +16,8 @@ from batchcompute_operator import conditions as cond
 from batchcompute_operator.spec import AttachmentSpec, SpecError, same_arm_id
 from batchcompute_operator.workspace.models import ComputeView, OperationStatus
 
-OWNER_UID_TAG = "batchcompute.azureml.dev/owner-uid"
-OWNER_TAG = "batchcompute.azureml.dev/owner"
+OWNER_UID_TAG = "batchcompute-operator.owner-uid"
+OWNER_TAG = "batchcompute-operator.owner"
 
 
 class Action(enum.Enum):
@@ -84,6 +84,7 @@ def compute_fields(view: ComputeView) -> dict[str, Any]:
     """Status fields mirroring SDK v1 `serialize()` for a compute ARM reported."""
     return {
         "computeId": view.id or None,
+        "computeName": view.name,
         "provisioningState": view.provisioning_state,
         "provisioningErrors": [e.as_status() for e in view.provisioning_errors],
         "clusterResourceId": view.resource_id,
@@ -120,7 +121,8 @@ def _attach(spec: AttachmentSpec, why: str, events: list[Event]) -> Decision:
     return Decision(
         Action.PUT,
         {"provisioningState": "Creating", "provisioningErrors": [],
-         "computeId": spec.compute_id, "clusterResourceId": spec.batch_account_id},
+         "computeId": spec.compute_id, "computeName": spec.compute_name,
+         "clusterResourceId": spec.batch_account_id},
         cond.progressing("Attaching", message),
         [*events, Event("Normal", "Attaching", message)],
         operation_kind="Attach",

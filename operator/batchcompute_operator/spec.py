@@ -29,7 +29,7 @@ TAG_COUNT_MAX = 50
 DESCRIPTION_MAX = 1024
 TAG_KEY_FORBIDDEN = re.compile(r"[<>%&\\?/]")
 # Tags the operator writes on the compute to record who owns it; users may not set them.
-OWNER_TAG_PREFIX = "batchcompute.azureml.dev/"
+OWNER_TAG_PREFIX = "batchcompute-operator."
 
 DeletionPolicy = Literal["Detach", "Orphan"]
 

@@ -305,3 +305,80 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+# -- the operator under test -----------------------------------------------------------------
+
+OPERATOR_NAMESPACE = "batchcompute-system"
+
+
+def _kubectl(kubeconfig: Path, *args: str, stdin: str | None = None) -> str:
+    result = subprocess.run(
+        ["kubectl", "--kubeconfig", str(kubeconfig), *args],
+        input=stdin, capture_output=True, text=True, timeout=120, check=False,
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed:\n{result.stderr}")
+    return result.stdout
+
+
+@pytest.fixture(scope="session")
+def installed(controlplane: Cluster) -> Cluster:
+    """The CRD and the operator's RBAC from deploy/, applied as a cluster admin would."""
+    _kubectl(controlplane.kubeconfig, "apply", "-k", str(REPO_ROOT / "deploy" / "crd"))
+    _kubectl(controlplane.kubeconfig, "wait", "--for=condition=Established", "--timeout=60s",
+             "crd/batchcomputeattachments.batchcompute.azureml.dev")
+    rendered = _kubectl(controlplane.kubeconfig, "kustomize", str(REPO_ROOT / "deploy" / "rbac"))
+    _kubectl(controlplane.kubeconfig, "apply", "-f", "-",
+             stdin=_kubectl(controlplane.kubeconfig, "create", "namespace", OPERATOR_NAMESPACE,
+                            "--dry-run=client", "-o", "yaml") + "\n---\n" + rendered)
+    return controlplane
+
+
+@pytest.fixture
+def workspace(emulator: Emulator) -> Any:
+    from operator_proc import Workspace
+
+    return Workspace.fresh(emulator)
+
+
+@pytest.fixture
+def attachments(kube: ApiClient, namespace: str) -> Any:
+    from operator_proc import Attachments
+
+    return Attachments(kube, namespace)
+
+
+@pytest.fixture
+def start_operator(installed: Cluster, emulator: Emulator, namespace: str,
+                   tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Start (and at the end stop) operator processes for the test's namespace.
+
+    The operator authenticates as its ServiceAccount, bound by deploy/'s RBAC, so a missing
+    permission fails here. Its log is printed when the test fails.
+    """
+    from operator_proc import OperatorProcess
+
+    started: list[OperatorProcess] = []
+    kubeconfig = installed.operator_kubeconfig or installed.kubeconfig
+
+    def start(**env: str) -> OperatorProcess:
+        proc = OperatorProcess(kubeconfig, emulator, (namespace,),
+                               tmp_path / f"operator-{len(started)}.log", env_overrides=env)
+        started.append(proc)
+        return proc.start()
+
+    yield start
+    for proc in started:
+        proc.stop()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        for proc in started:
+            print(f"---- {proc.log_file.name} ----\n{proc.log()[-20000:]}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
