@@ -78,6 +78,9 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         settings.peering.name = SETTINGS.peering
         settings.peering.mandatory = True
         settings.peering.clusterwide = not SETTINGS.namespaces
+    # Serving named namespaces needs no namespace listing (and so no cluster-wide RBAC);
+    # the CRD must then exist before the operator starts.
+    settings.scanning.disabled = bool(SETTINGS.namespaces)
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     memo.runtime = build_runtime(SETTINGS)

@@ -139,6 +139,7 @@ def _failed(view: ComputeView, op: OperationStatus | None, kind: str) -> Decisio
     message = f"{first['code']}: {first['message']}"
     fields = compute_fields(view)
     fields["provisioningErrors"] = errors or [first]
+    fields["operation"] = None
     return Decision(Action.NONE, fields, cond.stalled(reason, message),
                     [Event("Warning", reason, message)])
 

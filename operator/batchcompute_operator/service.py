@@ -176,12 +176,13 @@ class AttachmentService:
             decision = decide_attach(spec, res.owner, res.status, observed, resync=resync)
         if decision.action is Action.PUT:
             location = await self.api.location(spec.workspace)
-            self._submitted[res.uid] = self._clock()
             sent = await self.api.put_compute(spec, location, {**spec.tags, **res.owner.tags()})
+            # Only a LIST sent after ARM answered the PUT is sure to show its effect.
+            self._submitted[res.uid] = self._clock()
             decision.status["operation"] = self._operation("Attach", sent.url)
         elif decision.action is Action.DELETE:
-            self._submitted[res.uid] = self._clock()
             sent = await self.api.delete_compute(spec.workspace, spec.compute_name)
+            self._submitted[res.uid] = self._clock()
             decision.status["operation"] = self._operation("Detach", sent.url)
         return self._outcome(res, decision)
 
@@ -273,8 +274,8 @@ class AttachmentService:
                 if decision.action is Action.RELEASE:
                     return Outcome(self._diff(res.status, status), events, done=True)
                 if decision.action is Action.DELETE and target is not None:
-                    self._submitted[res.uid] = self._clock()
                     sent = await self.api.delete_compute(*target)
+                    self._submitted[res.uid] = self._clock()
                     decision.status["operation"] = self._operation("Detach", sent.url)
                 status.update(status_patch(status, decision, res.generation, utcnow()))
                 if decision.action is Action.NONE:  # the detach failed: retry later

@@ -309,29 +309,12 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
 
 # -- the operator under test -----------------------------------------------------------------
 
-OPERATOR_NAMESPACE = "batchcompute-system"
-
-
-def _kubectl(kubeconfig: Path, *args: str, stdin: str | None = None) -> str:
-    result = subprocess.run(
-        ["kubectl", "--kubeconfig", str(kubeconfig), *args],
-        input=stdin, capture_output=True, text=True, timeout=120, check=False,
-    )
-    if result.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)} failed:\n{result.stderr}")
-    return result.stdout
-
-
 @pytest.fixture(scope="session")
 def installed(controlplane: Cluster) -> Cluster:
     """The CRD and the operator's RBAC from deploy/, applied as a cluster admin would."""
-    _kubectl(controlplane.kubeconfig, "apply", "-k", str(REPO_ROOT / "deploy" / "crd"))
-    _kubectl(controlplane.kubeconfig, "wait", "--for=condition=Established", "--timeout=60s",
-             "crd/batchcomputeattachments.batchcompute.azureml.dev")
-    rendered = _kubectl(controlplane.kubeconfig, "kustomize", str(REPO_ROOT / "deploy" / "rbac"))
-    _kubectl(controlplane.kubeconfig, "apply", "-f", "-",
-             stdin=_kubectl(controlplane.kubeconfig, "create", "namespace", OPERATOR_NAMESPACE,
-                            "--dry-run=client", "-o", "yaml") + "\n---\n" + rendered)
+    from batchcompute_testbed.stack import install
+
+    install(controlplane.kubeconfig)
     return controlplane
 
 

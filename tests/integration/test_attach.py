@@ -137,8 +137,9 @@ def test_attach_of_missing_batch_account_fails_with_the_arm_error(
     attachments.create("missing", {"workspace": workspace.ref, "batchAccount": {
         "resourceGroup": workspace.batch_resource_group, "accountName": "doesnotexist"}})
     obj = attachments.wait_condition("missing", "False", reason="AttachFailed")
+    print(obj["status"])
     status = obj["status"]
-    assert status["provisioningState"] == "Failed"
+    assert status["provisioningState"] == "Failed", status
     assert status["provisioningErrors"][0]["code"] == "ResourceNotFound"
     assert "doesnotexist" in status["provisioningErrors"][0]["message"]
     assert attachments.condition("missing", "Stalled")["status"] == "True"
