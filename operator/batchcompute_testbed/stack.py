@@ -52,7 +52,7 @@ def free_port() -> int:
         return port
 
 
-def child_env(extra: Mapping[str, str] = {}) -> dict[str, str]:  # noqa: B006 - read only
+def child_env(extra: Mapping[str, str] = {}) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BCO_", "AZURE_"))}
     env["PYTHONPATH"] = str(REPO_ROOT / "operator")
     env.update(extra)
