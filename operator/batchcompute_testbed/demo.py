@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
 from batchcompute_testbed.controlplane import ControlPlane
 from batchcompute_testbed.stack import (
@@ -43,15 +44,20 @@ def say(text: str) -> None:
 
 def watch(kubeconfig: Path, until: Any, timeout: float = 60) -> None:
     """`kubectl get bca -w`, in effect: print the table whenever a row changes."""
-    last = ""
+    last, header_shown = "", False
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        table = kubectl(kubeconfig, "-n", NAMESPACE, "get", "bca", "--no-headers", check=False)
-        rows = table.strip()
-        if rows != last:
-            for line in rows.splitlines() or ["(no BatchComputeAttachments)"]:
+        table = kubectl(kubeconfig, "-n", NAMESPACE, "get", "bca", check=False).splitlines()
+        header, rows = (table[0], "\n".join(table[1:])) if table else ("", "")
+        # AGE changes every second; compare the rest so only real transitions print.
+        key = "\n".join(line.rsplit(None, 1)[0] for line in rows.splitlines())
+        if key != last:
+            if header and not header_shown:
+                print(f"    {header}", flush=True)
+                header_shown = True
+            for line in rows.splitlines() or ["(no BatchComputeAttachments left)"]:
                 print(f"    {line}", flush=True)
-            last = rows
+            last = key
         if until(rows):
             return
         time.sleep(0.3)
@@ -60,6 +66,9 @@ def watch(kubeconfig: Path, until: Any, timeout: float = 60) -> None:
 
 def main() -> int:
     started = time.monotonic()
+    sample = yaml.safe_load(SAMPLE.read_text())
+    name = str(sample["metadata"]["name"])
+    compute = str(sample["spec"].get("computeName") or name)
     with tempfile.TemporaryDirectory(prefix="bco-demo-") as tmp:
         work = Path(tmp)
         say("Starting a local Kubernetes control plane (etcd + kube-apiserver on loopback)")
@@ -84,19 +93,18 @@ def main() -> int:
                 say(f"kubectl apply -f {SAMPLE.relative_to(REPO_ROOT)}")
                 print("    " + kubectl(admin, "-n", NAMESPACE, "apply", "-f", str(SAMPLE)).strip())
                 say("kubectl get bca -w   (Attaching ... Succeeded / Ready)")
-                print("    NAME      WORKSPACE   COMPUTE   STATE   READY   REASON   AGE")
                 watch(admin, lambda rows: "True" in rows.split())
-                say("kubectl wait --for=condition=Ready bca/mybatch")
+                say(f"kubectl wait --for=condition=Ready bca/{name}")
                 print("    " + kubectl(admin, "-n", NAMESPACE, "wait", "--for=condition=Ready",
-                                      "--timeout=30s", "bca/mybatch").strip())
+                                      "--timeout=30s", f"bca/{name}").strip())
                 say("The compute as the workspace API now holds it")
-                show_compute(emulator)
+                show_compute(emulator, compute)
                 say("Events on the resource")
                 print(kubectl(admin, "-n", NAMESPACE, "get", "events", "--field-selector",
-                              "involvedObject.name=mybatch",
+                              f"involvedObject.name={name}",
                               "-o", "custom-columns=TYPE:.type,REASON:.reason,MESSAGE:.message"))
-                say("kubectl delete bca mybatch   (detach; the Batch account itself stays)")
-                kubectl(admin, "-n", NAMESPACE, "delete", "bca", "mybatch", "--wait=false")
+                say(f"kubectl delete bca {name}   (detach; the Batch account itself stays)")
+                kubectl(admin, "-n", NAMESPACE, "delete", "bca", name, "--wait=false")
                 watch(admin, lambda rows: not rows)
                 computes = emulator.admin("GET", "computes")
                 print(f"    computes left in the workspace: {len(computes)}")
@@ -113,10 +121,10 @@ def main() -> int:
     return 0
 
 
-def show_compute(emulator: EmulatorProcess) -> None:
+def show_compute(emulator: EmulatorProcess, compute: str) -> None:
     token = emulator.admin("POST", "tokens", json={"expires_in": 300})["access_token"]
     path = (f"/subscriptions/{SUBSCRIPTION}/resourceGroups/ml-rg/providers/"
-            "Microsoft.MachineLearningServices/workspaces/ml-ws/computes/mybatch")
+            f"Microsoft.MachineLearningServices/workspaces/ml-ws/computes/{compute}")
     with httpx.Client(verify=str(emulator.info["ca_file"]), timeout=30) as http:
         resp = http.get(f"{emulator.arm_url}{path}", params={"api-version": "2020-02-02"},
                         headers={"Authorization": f"Bearer {token}"})
