@@ -92,9 +92,9 @@ class EmulatorProcess:
         with (self.workdir / "emulator.log").open("wb") as log:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, env=child_env())
-        wait_until(lambda: ready.exists() or self.proc.poll() is not None,  # type: ignore[union-attr]
-                   30, "the emulator")
-        if self.proc.poll() is not None:
+        proc = self.proc
+        wait_until(lambda: ready.exists() or proc.poll() is not None, 30, "the emulator")
+        if proc.poll() is not None:
             raise RuntimeError((self.workdir / "emulator.log").read_text())
         self.info = json.loads(ready.read_text())
         return self
