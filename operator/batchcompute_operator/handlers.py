@@ -9,6 +9,7 @@ handlers return None and patch only what changed, so idle resources cost no writ
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -77,6 +78,9 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     if SETTINGS.peering is not None:
         settings.peering.name = SETTINGS.peering
         settings.peering.mandatory = True
+        # kopf pauses every peer that sees an equal or higher priority; distinct random
+        # priorities make exactly one replica active and the others its stand-bys.
+        settings.peering.priority = secrets.randbelow(1_000_000)
         settings.peering.clusterwide = not SETTINGS.namespaces
     # Serving named namespaces needs no namespace listing (and so no cluster-wide RBAC);
     # the CRD must then exist before the operator starts.
