@@ -1,0 +1,176 @@
+"""The ARM client's guarantees that matter most: where the token goes, and what is retried.
+
+The transport is httpx's MockTransport, which records every request the client really sent;
+the integration suite covers the same client against the emulator over TLS.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from batchcompute_operator.spec import WorkspaceRef
+from batchcompute_operator.workspace.api import WorkspaceApi
+from batchcompute_operator.workspace.client import ArmClient
+from batchcompute_operator.workspace.errors import ArmError, UnsafeUrl
+from batchcompute_operator.workspace.pacing import SubscriptionPacer
+
+SUB = "00000000-0000-0000-0000-000000000001"
+WS = WorkspaceRef(SUB, "ml-rg", "ml-ws")
+SECRET = "token-that-must-stay-home"
+
+
+class Tokens:
+    def __init__(self) -> None:
+        self.invalidated = 0
+
+    async def __call__(self) -> str:
+        return SECRET
+
+    def invalidate(self) -> None:
+        self.invalidated += 1
+
+
+def make(handler: Any, pacer: SubscriptionPacer | None = None) -> tuple[WorkspaceApi,
+                                                                         list[httpx.Request],
+                                                                         Tokens]:
+    sent: list[httpx.Request] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        response: httpx.Response = handler(request)
+        return response
+
+    tokens = Tokens()
+    http = httpx.AsyncClient(transport=httpx.MockTransport(record))
+    client = ArmClient("https://arm.example", "2020-02-02", tokens,
+                       pacer or SubscriptionPacer(enabled=False), http=http)
+    client.backoff = lambda attempt, retry_after: 0.0  # type: ignore[method-assign]
+    return WorkspaceApi(client), sent, tokens
+
+
+async def test_foreign_operation_url_is_refused_and_gets_no_token() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"status": "Succeeded"})
+
+    api, sent, _ = make(handler)
+    for url in ("https://evil.example/op", "http://arm.example/op", "https://arm.example:444/op"):
+        with pytest.raises(UnsafeUrl):
+            await api.operation(url, SUB)
+    assert sent == []
+
+
+async def test_foreign_next_link_is_not_followed() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"value": [], "nextLink": "https://evil.example/page2"})
+
+    api, sent, _ = make(handler)
+    with pytest.raises(UnsafeUrl):
+        await api.list_computes(WS)
+    assert [r.url.host for r in sent] == ["arm.example"]
+    assert sent[0].headers["Authorization"] == f"Bearer {SECRET}"
+
+
+async def test_async_operation_header_on_another_host_is_refused_at_submit() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(202, headers={"Azure-AsyncOperation": "https://evil.example/op"})
+
+    api, sent, _ = make(handler)
+    with pytest.raises(UnsafeUrl):
+        await api.delete_compute(WS, "mybatch")
+    assert len(sent) == 1
+
+
+async def test_reads_are_retried_on_503_but_writes_are_not() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503, json={"error": {"code": "ServiceUnavailable",
+                                                    "message": "busy"}})
+
+    api, sent, _ = make(handler)
+    with pytest.raises(ArmError) as err:
+        await api.get_compute(WS, "mybatch")
+    assert err.value.retryable
+    assert len(sent) == 4
+    sent.clear()
+    with pytest.raises(ArmError):
+        await api.delete_compute(WS, "mybatch")
+    assert len(sent) == 1  # a lost DELETE answer is re-observed, never blindly re-sent
+
+
+async def test_429_blocks_the_subscription_bucket_for_retry_after() -> None:
+    calls = {"n": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return httpx.Response(429, headers={"Retry-After": "7"}, json={
+                "error": {"code": "SubscriptionRequestsThrottled", "message": "slow down"}})
+        return httpx.Response(200, json={"value": []})
+
+    pacer = SubscriptionPacer()
+    api, sent, _ = make(handler, pacer)
+    bucket = pacer.bucket(SUB, "reads")
+    bucket.acquire = _instant(bucket)  # type: ignore[method-assign]
+    assert await api.list_computes(WS) == {}
+    assert len(sent) == 2
+    assert bucket.blocked_until > 0
+    assert api.client.stats.throttled == 1
+
+
+def _instant(bucket: Any) -> Any:
+    async def acquire() -> float:
+        return 0.0
+    return acquire
+
+
+async def test_401_drops_the_cached_token() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, json={"error": {"code": "ExpiredAuthenticationToken",
+                                                    "message": "expired"}})
+
+    api, _, tokens = make(handler)
+    with pytest.raises(ArmError) as err:
+        await api.get_compute(WS, "mybatch")
+    assert err.value.code == "ExpiredAuthenticationToken"
+    assert tokens.invalidated == 1
+    assert SECRET not in str(err.value)
+
+
+@pytest.mark.parametrize("body", [b"<html>oops</html>", b"{}", b'{"value": "x"}', b"null"])
+async def test_garbage_list_bodies_are_retryable_errors(body: bytes) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=body)
+
+    api, _, _ = make(handler)
+    with pytest.raises(ArmError) as err:
+        await api.list_computes(WS)
+    assert err.value.retryable
+
+
+async def test_unknown_states_and_foreign_types_parse_without_raising() -> None:
+    page = {"value": [
+        {"name": "a", "properties": {"computeType": "AKS", "provisioningState": "Weird"}},
+        {"name": "b", "properties": "not-a-dict", "tags": ["x"]},
+        {"no-name": True}, 42,
+    ]}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=json.dumps(page).encode())
+
+    api, _, _ = make(handler)
+    computes = await api.list_computes(WS)
+    assert computes["a"].provisioning_state == "Unknown"
+    assert computes["a"].compute_type == "AKS"
+    assert computes["b"].compute_type == "Unknown"
+    assert set(computes) == {"a", "b"}
+
+
+def test_plain_http_endpoint_needs_the_development_flag() -> None:
+    http = httpx.AsyncClient()
+    with pytest.raises(ValueError, match="https"):
+        ArmClient("http://127.0.0.1:8080", "2020-02-02", Tokens(), SubscriptionPacer(), http=http)
+    ArmClient("http://127.0.0.1:8080", "2020-02-02", Tokens(), SubscriptionPacer(), http=http,
+              allow_insecure_http=True)
