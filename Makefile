@@ -37,7 +37,7 @@ test: venv controlplane ## unit tests, then integration tests on a real kube-api
 
 .PHONY: lint
 lint: venv ## ruff, and the import layering (spec and reconcile stay pure)
-	$(BIN)/ruff check operator tests bench
+	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
 .PHONY: typecheck
