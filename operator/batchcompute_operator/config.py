@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from batchcompute_operator.policy import PolicyError, WorkspacePolicy
 from batchcompute_operator.workspace.pacing import ARM_DEFAULTS, BucketFigures, Kind
 
 CredentialMode = Literal["default", "managed-identity", "workload-identity", "environment",
@@ -75,6 +76,7 @@ class Settings:
     health_port: int = 8080
     pacing: bool = True
     buckets: Mapping[Kind, BucketFigures] = field(default_factory=lambda: dict(ARM_DEFAULTS))
+    workspace_policy: WorkspacePolicy = field(default_factory=WorkspacePolicy)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -105,7 +107,12 @@ class Settings:
                 except ValueError:
                     raise ConfigError(f"{key}={env[key]!r}: expected BUCKET/REFILL") from None
                 buckets[kind] = BucketFigures(cap, rate)
+        try:
+            policy = WorkspacePolicy.parse(env.get("BCO_WORKSPACE_POLICY"))
+        except (PolicyError, OSError) as err:
+            raise ConfigError(str(err)) from None
         return cls(
+            workspace_policy=policy,
             arm_endpoint=endpoint,
             arm_audience=env.get("BCO_ARM_AUDIENCE", cls.arm_audience).rstrip("/"),
             api_version=env.get("BCO_API_VERSION", SDK_V1_API_VERSION),

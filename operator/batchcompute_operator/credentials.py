@@ -9,14 +9,16 @@ secret, assertion or token ever reaches a log line, event or status.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 from azure.core.exceptions import ClientAuthenticationError
 
 from batchcompute_operator.config import Settings
-from batchcompute_operator.workspace.errors import AuthenticationFailed
+from batchcompute_operator.workspace.errors import ArmError, AuthenticationFailed
 
 REFRESH_MARGIN = 300.0  # seconds before expiry at which a cached token is renewed
 
@@ -76,7 +78,8 @@ def scrub(message: str, limit: int = 300) -> str:
 class TokenCache:
     """One token for the ARM audience, renewed ahead of expiry, fetched by one caller at a time."""
 
-    def __init__(self, credential: AsyncCredential, audience: str) -> None:
+    def __init__(self, credential: AsyncCredential, audience: str, key: str = "operator") -> None:
+        self.key = key  # names the principal: ARM paces per principal, caches are kept apart
         self._credential = credential
         self._scope = f"{audience}/.default"
         self._token: str | None = None
@@ -105,3 +108,71 @@ class TokenCache:
 
     async def close(self) -> None:
         await self._credential.close()
+
+
+# -- per-namespace identities ------------------------------------------------------------------
+
+SecretData = tuple[str, Mapping[str, str]]  # (resourceVersion, decoded data)
+SecretReader = Callable[[str, str], Awaitable[SecretData]]
+
+
+class CredentialsUnavailable(ArmError):
+    """A namespace's own identity cannot be used; the message says what the owner must fix."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(0, "CredentialsUnavailable", message, retryable=retryable)
+
+
+class NamespaceIdentities:
+    """Token caches for identities that namespaces bring in a Secret of their own.
+
+    Secret keys: `clientId` and `tenantId`, plus either `clientSecret` (a service principal) or
+    nothing more (workload identity: the operator's projected ServiceAccount token is exchanged
+    for that client id, so the identity's federated credential must trust the operator). A
+    Secret is only ever read from the namespace of the resource that names it.
+    """
+
+    def __init__(self, settings: Settings, read_secret: SecretReader) -> None:
+        self._settings = settings
+        self._read = read_secret
+        self._caches: dict[tuple[str, str], tuple[str, TokenCache]] = {}
+
+    async def get(self, namespace: str, secret_name: str) -> TokenCache:
+        version, data = await self._read(namespace, secret_name)
+        cached = self._caches.get((namespace, secret_name))
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        tokens = TokenCache(self._credential(namespace, secret_name, data),
+                            self._settings.arm_audience,
+                            key=f"{namespace}/{secret_name}/{data.get('clientId', '')}")
+        if cached is not None:
+            await cached[1].close()
+        self._caches[(namespace, secret_name)] = (version, tokens)
+        return tokens
+
+    def _credential(self, namespace: str, name: str, data: Mapping[str, str]) -> AsyncCredential:
+        from azure.identity import aio
+
+        missing = [k for k in ("clientId", "tenantId") if not data.get(k)]
+        if missing:
+            raise CredentialsUnavailable(
+                f"Secret {namespace}/{name} lacks {', '.join(missing)}", retryable=False)
+        transport: dict[str, Any] = {"connection_verify": self._settings.ca_bundle} \
+            if self._settings.ca_bundle else {}
+        if data.get("clientSecret"):
+            return aio.ClientSecretCredential(data["tenantId"], data["clientId"],
+                                              data["clientSecret"], **transport)
+        token_file = os.environ.get("AZURE_FEDERATED_TOKEN_FILE")
+        if not token_file:
+            raise CredentialsUnavailable(
+                f"Secret {namespace}/{name} has no clientSecret, and the operator has no "
+                "federated token (workload identity) to exchange for that client id",
+                retryable=False)
+        return aio.WorkloadIdentityCredential(tenant_id=data["tenantId"],
+                                              client_id=data["clientId"],
+                                              token_file_path=token_file, **transport)
+
+    async def close(self) -> None:
+        for _, tokens in self._caches.values():
+            await tokens.close()
+        self._caches.clear()

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import ssl
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
 from batchcompute_operator.config import Settings
-from batchcompute_operator.credentials import TokenCache, build_credential
+from batchcompute_operator.credentials import (
+    CredentialsUnavailable,
+    NamespaceIdentities,
+    SecretData,
+    TokenCache,
+    build_credential,
+)
 from batchcompute_operator.service import AttachmentService
 from batchcompute_operator.workspace.api import WorkspaceApi
 from batchcompute_operator.workspace.client import ArmClient
@@ -24,10 +33,55 @@ class Runtime:
     client: ArmClient
     observer: WorkspaceObserver
     service: AttachmentService
+    identities: NamespaceIdentities
 
     async def close(self) -> None:
         await self.http.aclose()
         await self.tokens.close()
+        await self.identities.close()
+
+
+def kubernetes_secret_reader() -> Any:
+    """Reads one Secret with the `kubernetes` client, off the event loop.
+
+    The operator holds no blanket right to Secrets: a namespace that brings its own identity
+    grants `get` on that one Secret (README, "Per-namespace identities").
+    """
+    import kubernetes
+
+    clients: list[Any] = []
+    config: Any = kubernetes.config  # untyped module
+
+    def core() -> Any:
+        if not clients:  # only namespaces that bring an identity need the client at all
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+            clients.append(kubernetes.client.CoreV1Api())
+        return clients[0]
+
+    def read(namespace: str, name: str) -> SecretData:
+        try:
+            secret = core().read_namespaced_secret(name, namespace)
+        except kubernetes.client.exceptions.ApiException as exc:
+            if exc.status == 404:
+                raise CredentialsUnavailable(f"Secret {namespace}/{name} does not exist") \
+                    from None
+            if exc.status == 403:
+                raise CredentialsUnavailable(
+                    f"the operator may not read Secret {namespace}/{name}: grant it 'get' on "
+                    "that Secret with a Role and RoleBinding in this namespace") from None
+            raise CredentialsUnavailable(f"reading Secret {namespace}/{name} failed: "
+                                         f"HTTP {exc.status}") from None
+        data = {k: base64.b64decode(v).decode("utf-8", "replace")
+                for k, v in (secret.data or {}).items()}
+        return str(secret.metadata.resource_version), data
+
+    async def read_async(namespace: str, name: str) -> SecretData:
+        return await asyncio.to_thread(read, namespace, name)
+
+    return read_async
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -48,5 +102,6 @@ def build_runtime(settings: Settings) -> Runtime:
                        allow_insecure_http=settings.allow_insecure_http)
     api = WorkspaceApi(client)
     observer = WorkspaceObserver(api)
+    identities = NamespaceIdentities(settings, kubernetes_secret_reader())
     return Runtime(settings, http, tokens, client, observer,
-                   AttachmentService(settings, api, observer))
+                   AttachmentService(settings, api, observer, identities), identities)

@@ -19,6 +19,7 @@ from typing import Any
 
 from batchcompute_operator import conditions as cond
 from batchcompute_operator.config import Settings
+from batchcompute_operator.credentials import CredentialsUnavailable, NamespaceIdentities
 from batchcompute_operator.reconcile import (
     Action,
     Decision,
@@ -36,6 +37,7 @@ from batchcompute_operator.spec import (
     parse_spec,
 )
 from batchcompute_operator.workspace.api import WorkspaceApi
+from batchcompute_operator.workspace.client import TokenGetter
 from batchcompute_operator.workspace.errors import ArmError, AuthenticationFailed
 from batchcompute_operator.workspace.observer import WorkspaceObserver
 
@@ -94,7 +96,7 @@ def parse_compute_id(compute_id: str) -> tuple[WorkspaceRef, str] | None:
     if len(parts) != 11 or parts[0] or parts[6].lower() != "microsoft.machinelearningservices":
         return None
     try:
-        spec = parse_spec({"workspace": {"subscriptionId": parts[2], "resourceGroup": parts[4],
+        ref = parse_spec({"workspace": {"subscriptionId": parts[2], "resourceGroup": parts[4],
                                          "name": parts[8]},
                            "computeName": parts[10],
                            "batchAccount": {"resourceGroup": "placeholder",
@@ -103,13 +105,15 @@ def parse_compute_id(compute_id: str) -> tuple[WorkspaceRef, str] | None:
         return None
     if not COMPUTE_NAME.fullmatch(parts[10]):
         return None
-    return spec.workspace, spec.compute_name
+    return ref.workspace, ref.compute_name
 
 
 class AttachmentService:
     def __init__(self, settings: Settings, api: WorkspaceApi, observer: WorkspaceObserver,
+                 identities: NamespaceIdentities | None = None,
                  *, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
+        self.identities = identities
         self.api = api
         self.observer = observer
         self._clock = clock
@@ -130,12 +134,19 @@ class AttachmentService:
             if trigger is Trigger.POLL and not self.due(res.uid):
                 return Outcome()
             try:
-                spec: AttachmentSpec | SpecError = parse_spec(res.spec, res.name)
+                spec: AttachmentSpec | SpecError = parse_spec(res.spec, res.name, res.namespace)
             except SpecError as err:
                 spec = err
             if isinstance(spec, SpecError):
                 decision = decide_attach(spec, res.owner, res.status, Observed(None))
                 return self._outcome(res, decision)
+            denial = self.settings.workspace_policy.denial(res.namespace, spec.workspace)
+            if denial is not None:
+                return self._outcome(res, Decision(
+                    Action.NONE, {"provisioningErrors": [{"code": "WorkspaceNotAllowed",
+                                                          "message": denial}]},
+                    cond.stalled("WorkspaceNotAllowed", denial),
+                    [Event("Warning", "WorkspaceNotAllowed", denial)]))
             try:
                 outcome = await self._attach_step(res, spec, trigger)
             except ArmError as err:
@@ -153,35 +164,47 @@ class AttachmentService:
             floor = now - self.settings.observe_max_age
         return max(floor, self._submitted.get(uid, self._started))
 
+    async def _auth(self, namespace: str, spec: AttachmentSpec | None) -> TokenGetter | None:
+        """The namespace's own identity when its spec names one; None: the operator's."""
+        if spec is None or spec.credentials_secret is None:
+            return None
+        if self.identities is None:
+            raise CredentialsUnavailable("per-namespace credentials are not enabled",
+                                         retryable=False)
+        return await self.identities.get(namespace, spec.credentials_secret)
+
     async def _observe(self, res: ResourceView, ws: WorkspaceRef, name: str,
-                       trigger: Trigger) -> Observed:
-        snap = await self.observer.snapshot(ws, self._not_before(res.uid, trigger))
+                       trigger: Trigger, auth: TokenGetter | None) -> Observed:
+        snap = await self.observer.snapshot(ws, self._not_before(res.uid, trigger), auth)
         return Observed(snap.get(name))
 
     async def _check_operation(self, res: ResourceView, observed: Observed,
-                               subscription: str) -> Observed:
+                               subscription: str, auth: TokenGetter | None) -> Observed:
         op = res.status.get("operation")
         url = op.get("url") if isinstance(op, Mapping) else None
-        result = await self.api.operation(url, subscription) if isinstance(url, str) and url \
-            else None
+        result = await self.api.operation(url, subscription, auth) \
+            if isinstance(url, str) and url else None
         return Observed(observed.compute, result, operation_checked=True)
 
     async def _attach_step(self, res: ResourceView, spec: AttachmentSpec,
                            trigger: Trigger) -> Outcome:
-        observed = await self._observe(res, spec.workspace, spec.compute_name, trigger)
+        auth = await self._auth(res.namespace, spec)
+        observed = await self._observe(res, spec.workspace, spec.compute_name, trigger, auth)
         resync = trigger is Trigger.RESYNC
         decision = decide_attach(spec, res.owner, res.status, observed, resync=resync)
         if decision.action is Action.CHECK_OPERATION:
-            observed = await self._check_operation(res, observed, spec.workspace.subscription_id)
+            observed = await self._check_operation(res, observed,
+                                                   spec.workspace.subscription_id, auth)
             decision = decide_attach(spec, res.owner, res.status, observed, resync=resync)
         if decision.action is Action.PUT:
-            location = await self.api.location(spec.workspace)
-            sent = await self.api.put_compute(spec, location, {**spec.tags, **res.owner.tags()})
+            location = await self.api.location(spec.workspace, auth)
+            sent = await self.api.put_compute(spec, location, {**spec.tags, **res.owner.tags()},
+                                              auth)
             # Only a LIST sent after ARM answered the PUT is sure to show its effect.
             self._submitted[res.uid] = self._clock()
             decision.status["operation"] = self._operation("Attach", sent.url)
         elif decision.action is Action.DELETE:
-            sent = await self.api.delete_compute(spec.workspace, spec.compute_name)
+            sent = await self.api.delete_compute(spec.workspace, spec.compute_name, auth)
             self._submitted[res.uid] = self._clock()
             decision.status["operation"] = self._operation("Detach", sent.url)
         return self._outcome(res, decision)
@@ -208,9 +231,15 @@ class AttachmentService:
         delay = self._backoff(res.uid, err)
         message = f"{err.code}: {err.message}"
         log.warning("%s/%s: ARM said %s (retry in %.0fs)", res.namespace, res.name, message, delay)
+        if isinstance(err, CredentialsUnavailable):
+            reason = "CredentialsUnavailable"
+        elif err.throttled:
+            reason = "Throttled"
+        elif isinstance(err, AuthenticationFailed):
+            reason = "AuthenticationFailed"
+        else:
+            reason = "Retrying"
         if err.retryable:
-            reason = "Throttled" if err.throttled else (
-                "AuthenticationFailed" if isinstance(err, AuthenticationFailed) else "Retrying")
             ready = cond.get(res.status.get("conditions"), "Ready") or {}
             if ready.get("status") == "True" and trigger is Trigger.RESYNC:
                 # A settled attachment stays Ready while ARM is briefly unavailable.
@@ -223,9 +252,11 @@ class AttachmentService:
             decision = Decision(Action.WAIT, {}, conditions,
                                 [Event("Warning", reason, message)])
         else:
+            stalled_reason = reason if reason == "CredentialsUnavailable" else "AttachFailed"
             decision = Decision(Action.NONE, {"provisioningErrors": [
                 {"code": err.code, "message": err.message}]},
-                cond.stalled("AttachFailed", message), [Event("Warning", "AttachFailed", message)])
+                cond.stalled(stalled_reason, message),
+                [Event("Warning", stalled_reason, message)])
         outcome = self._outcome(res, decision)
         outcome.retry_in = delay
         return outcome
@@ -241,40 +272,43 @@ class AttachmentService:
             self.forget(res.uid)
         return outcome
 
-    def _target(self, res: ResourceView) -> tuple[WorkspaceRef, str] | None:
+    def _target(self, res: ResourceView) -> tuple[tuple[WorkspaceRef, str] | None,
+                                                  AttachmentSpec | None]:
+        """What to detach (the recorded compute first), and the spec for its identity."""
+        try:
+            spec: AttachmentSpec | None = parse_spec(res.spec, res.name, res.namespace)
+        except SpecError:
+            spec = None
         recorded = res.status.get("computeId")
         if isinstance(recorded, str) and recorded:
-            return parse_compute_id(recorded)
-        try:
-            spec = parse_spec(res.spec, res.name)
-        except SpecError:
-            return None
-        return spec.workspace, spec.compute_name
+            return parse_compute_id(recorded), spec
+        return ((spec.workspace, spec.compute_name) if spec else None), spec
 
     async def _detach(self, res: ResourceView) -> Outcome:
         policy = res.spec.get("deletionPolicy", "Detach")
-        target = self._target(res)
+        target, spec = self._target(res)
         status = dict(res.status)
         events: list[Event] = []
         deadline = self._clock() + self.settings.detach_wait
         trigger = Trigger.CHANGE
         try:
+            auth = await self._auth(res.namespace, spec) if policy != "Orphan" else None
             while True:
                 observed = Observed(None)
                 if target is not None and policy != "Orphan":
-                    observed = await self._observe(res, *target, trigger)
+                    observed = await self._observe(res, *target, trigger, auth)
                 target_id = target[0].compute_id(target[1]) if target else None
                 decision = decide_detach(target_id, str(policy), res.owner, status, observed)
                 if decision.action is Action.CHECK_OPERATION and target is not None:
                     observed = await self._check_operation(
                         ResourceView(res.namespace, res.name, res.uid, res.generation, res.spec,
-                                     status), observed, target[0].subscription_id)
+                                     status), observed, target[0].subscription_id, auth)
                     decision = decide_detach(target_id, str(policy), res.owner, status, observed)
                 events += decision.events
                 if decision.action is Action.RELEASE:
                     return Outcome(self._diff(res.status, status), events, done=True)
                 if decision.action is Action.DELETE and target is not None:
-                    sent = await self.api.delete_compute(*target)
+                    sent = await self.api.delete_compute(*target, auth)
                     self._submitted[res.uid] = self._clock()
                     decision.status["operation"] = self._operation("Detach", sent.url)
                 status.update(status_patch(status, decision, res.generation, utcnow()))

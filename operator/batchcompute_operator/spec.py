@@ -30,6 +30,7 @@ DESCRIPTION_MAX = 1024
 TAG_KEY_FORBIDDEN = re.compile(r"[<>%&\\?/]")
 # Tags the operator writes on the compute to record who owns it; users may not set them.
 OWNER_TAG_PREFIX = "batchcompute-operator."
+SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")  # a Kubernetes object name
 
 DeletionPolicy = Literal["Detach", "Orphan"]
 
@@ -76,6 +77,7 @@ class AttachmentSpec:
     description: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
     deletion_policy: DeletionPolicy = "Detach"
+    credentials_secret: str | None = None  # a Secret in the resource's own namespace
 
     @property
     def compute_id(self) -> str:
@@ -159,7 +161,26 @@ def _tags(raw: Any, problems: list[str]) -> dict[str, str]:
     return tags
 
 
-def parse_spec(spec: Mapping[str, Any], default_name: str) -> AttachmentSpec:
+def _credentials(raw: Any, namespace: str | None, problems: list[str]) -> str | None:
+    """A namespace may bring its own Azure identity, but only from a Secret of its own."""
+    if raw is None:
+        return None
+    ref = raw.get("secretRef") if isinstance(raw, Mapping) else None
+    if not isinstance(ref, Mapping):
+        problems.append("credentials.secretRef.name is required when credentials is given")
+        return None
+    ref_ns = ref.get("namespace")
+    if ref_ns not in (None, "") and ref_ns != namespace:
+        problems.append(
+            f"credentials.secretRef.namespace {ref_ns!r} is not allowed: a resource may only use "
+            "a Secret in its own namespace")
+    name = _text(ref.get("name"), "credentials.secretRef.name", problems)
+    _check(name, SECRET_NAME, "credentials.secretRef.name", "a Kubernetes object name", problems)
+    return name
+
+
+def parse_spec(spec: Mapping[str, Any], default_name: str,
+               namespace: str | None = None) -> AttachmentSpec:
     """Validate a raw `.spec` as the SDK's attach_configuration would, collecting every problem."""
     problems: list[str] = []
     ws_raw = spec.get("workspace")
@@ -215,6 +236,7 @@ def parse_spec(spec: Mapping[str, Any], default_name: str) -> AttachmentSpec:
     if description is not None and len(description) > DESCRIPTION_MAX:
         problems.append(f"description is longer than {DESCRIPTION_MAX} characters")
     tags = _tags(spec.get("tags"), problems)
+    secret = _credentials(spec.get("credentials"), namespace, problems)
     policy = spec.get("deletionPolicy", "Detach")
     if policy not in ("Detach", "Orphan"):
         problems.append(f"deletionPolicy {policy!r} is invalid: Detach or Orphan")
@@ -229,6 +251,7 @@ def parse_spec(spec: Mapping[str, Any], default_name: str) -> AttachmentSpec:
         description=description,
         tags=tags,
         deletion_policy="Orphan" if policy == "Orphan" else "Detach",
+        credentials_secret=secret,
     )
 
 

@@ -24,6 +24,8 @@ SECRET = "token-that-must-stay-home"
 
 
 class Tokens:
+    key = "test-principal"
+
     def __init__(self) -> None:
         self.invalidated = 0
 
@@ -112,7 +114,7 @@ async def test_429_blocks_the_subscription_bucket_for_retry_after() -> None:
 
     pacer = SubscriptionPacer()
     api, sent, _ = make(handler, pacer)
-    bucket = pacer.bucket(SUB, "reads")
+    bucket = pacer.bucket(f"{SUB}|{Tokens.key}", "reads")  # ARM's unit: subscription+principal
     bucket.acquire = _instant(bucket)  # type: ignore[method-assign]
     assert await api.list_computes(WS) == {}
     assert len(sent) == 2

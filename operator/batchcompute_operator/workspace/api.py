@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from batchcompute_operator.spec import AttachmentSpec, WorkspaceRef
-from batchcompute_operator.workspace.client import ArmClient
+from batchcompute_operator.workspace.client import ArmClient, TokenGetter
 from batchcompute_operator.workspace.errors import ArmError
 from batchcompute_operator.workspace.models import (
     ComputeView,
@@ -34,7 +34,7 @@ class WorkspaceApi:
         self._locations: dict[tuple[str, str, str], str] = {}
         self._location_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
 
-    async def location(self, ws: WorkspaceRef) -> str:
+    async def location(self, ws: WorkspaceRef, auth: TokenGetter | None = None) -> str:
         """The workspace's region, which every attach payload must carry; cached per process."""
         cached = self._locations.get(ws.key)
         if cached is not None:
@@ -43,7 +43,7 @@ class WorkspaceApi:
         async with lock:
             if ws.key not in self._locations:
                 resp = await self.client.call("GET", self.client.url_for(ws.arm_id),
-                                              ws.subscription_id)
+                                              ws.subscription_id, token=auth)
                 body = resp.body if isinstance(resp.body, Mapping) else {}
                 location = body.get("location")
                 if not isinstance(location, str) or not location:
@@ -53,12 +53,13 @@ class WorkspaceApi:
                 self._locations[ws.key] = location
         return self._locations[ws.key]
 
-    async def list_computes(self, ws: WorkspaceRef) -> dict[str, ComputeView]:
+    async def list_computes(self, ws: WorkspaceRef,
+                            auth: TokenGetter | None = None) -> dict[str, ComputeView]:
         """Every compute in the workspace, keyed by folded name; follows nextLink on our host."""
         url = self.client.url_for(f"{ws.arm_id}/computes")
         found: dict[str, ComputeView] = {}
         for _ in range(MAX_LIST_PAGES):
-            resp = await self.client.call("GET", url, ws.subscription_id)
+            resp = await self.client.call("GET", url, ws.subscription_id, token=auth)
             body = resp.body if isinstance(resp.body, Mapping) else {}
             values = body.get("value")
             if not isinstance(values, list):
@@ -74,32 +75,34 @@ class WorkspaceApi:
             url = self.client.checked(next_link)
         raise ArmError(0, "ListTooLong", "compute list did not end", retryable=False)
 
-    async def get_compute(self, ws: WorkspaceRef, name: str) -> ComputeView | None:
+    async def get_compute(self, ws: WorkspaceRef, name: str,
+                          auth: TokenGetter | None = None) -> ComputeView | None:
         try:
             resp = await self.client.call("GET", self.client.url_for(ws.compute_id(name)),
-                                          ws.subscription_id)
+                                          ws.subscription_id, token=auth)
         except ArmError as err:
             if err.status == 404:
                 return None
             raise
         return parse_compute(resp.body)
 
-    async def put_compute(self, spec: AttachmentSpec, location: str,
-                          tags: Mapping[str, str]) -> Submitted:
+    async def put_compute(self, spec: AttachmentSpec, location: str, tags: Mapping[str, str],
+                          auth: TokenGetter | None = None) -> Submitted:
         properties: dict[str, str] = {"computeType": "Batch", "resourceId": spec.batch_account_id}
         if spec.description:
             properties["description"] = spec.description
         payload = {"location": location, "tags": dict(tags), "properties": properties}
         resp = await self.client.call("PUT", self.client.url_for(spec.compute_id),
-                                      spec.workspace.subscription_id, body=payload)
+                                      spec.workspace.subscription_id, body=payload, token=auth)
         return self._submitted(resp.headers, parse_compute(resp.body))
 
-    async def delete_compute(self, ws: WorkspaceRef, name: str) -> Submitted:
+    async def delete_compute(self, ws: WorkspaceRef, name: str,
+                             auth: TokenGetter | None = None) -> Submitted:
         """Detach only: the SDK refuses to delete a Batch account, and so do we."""
         url = self.client.url_for(ws.compute_id(name)).copy_merge_params(
             {"underlyingResourceAction": "Detach"})
         try:
-            resp = await self.client.call("DELETE", url, ws.subscription_id)
+            resp = await self.client.call("DELETE", url, ws.subscription_id, token=auth)
         except ArmError as err:
             if err.status == 404:
                 return Submitted(None, None)
@@ -115,10 +118,12 @@ class WorkspaceApi:
         retry = headers.get("Retry-After")
         return Submitted(url or None, float(retry) if retry and retry.isdigit() else None, compute)
 
-    async def operation(self, url: str, subscription: str) -> OperationStatus | None:
+    async def operation(self, url: str, subscription: str,
+                        auth: TokenGetter | None = None) -> OperationStatus | None:
         """The operation's status; None when ARM no longer knows it (expired, 404)."""
         try:
-            resp = await self.client.call("GET", self.client.checked(url), subscription)
+            resp = await self.client.call("GET", self.client.checked(url), subscription,
+                                          token=auth)
         except ArmError as err:
             if err.status == 404:
                 return None

@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 
 
 class TokenGetter(Protocol):
+    """A bearer-token source; `key` names the principal, since ARM throttles per principal."""
+
+    key: str
+
     async def __call__(self) -> str: ...
     def invalidate(self) -> None: ...
 
@@ -115,15 +119,17 @@ class ArmClient:
         return parsed
 
     async def call(self, method: Method, url: httpx.URL, subscription: str,
-                   *, body: Any = None, kind: Kind | None = None) -> ArmResponse:
+                   *, body: Any = None, kind: Kind | None = None,
+                   token: TokenGetter | None = None) -> ArmResponse:
         """One logical ARM call: paced, and for reads retried on transient failures."""
         kind = kind or KIND_BY_METHOD[method]
+        token = token or self._token
         attempts = self._read_attempts if method == "GET" else 1
         attempt = 0
         while True:
             attempt += 1
             try:
-                return await self._once(method, url, subscription, kind, body)
+                return await self._once(method, url, subscription, kind, body, token)
             except ArmError as err:
                 # A 429 means ARM did nothing, so even a write may be sent again.
                 again = err.retryable and (attempt < attempts or (err.throttled and attempt < 6))
@@ -141,10 +147,11 @@ class ArmClient:
         return max(jittered, retry_after or 0.0)
 
     async def _once(self, method: Method, url: httpx.URL, subscription: str, kind: Kind,
-                    body: Any) -> ArmResponse:
-        waited = await self._pacer.acquire(subscription, kind)
+                    body: Any, tokens: TokenGetter) -> ArmResponse:
+        budget = f"{subscription}|{tokens.key}"
+        waited = await self._pacer.acquire(budget, kind)
         self.stats.paced_seconds += waited
-        token = await self._token()
+        token = await tokens()
         self.stats.calls += 1
         try:
             resp = await self._http.request(
@@ -160,7 +167,7 @@ class ArmClient:
         retry_after = parse_seconds(resp.headers.get("Retry-After"))
         remaining = resp.headers.get(f"x-ms-ratelimit-remaining-subscription-{kind}")
         self._pacer.observe(
-            subscription, kind,
+            budget, kind,
             int(remaining) if remaining and remaining.isdigit() else None,
             retry_after if resp.status_code == 429 else None,
         )
@@ -168,7 +175,7 @@ class ArmClient:
         if resp.status_code == 429:
             self.stats.throttled += 1
         if resp.status_code == 401:
-            self._token.invalidate()  # expired or revoked: the next call fetches a new one
+            tokens.invalidate()  # expired or revoked: the next call fetches a new one
         if resp.status_code >= 400:
             raise error_from_body(resp.status_code, parsed, retry_after)
         return ArmResponse(resp.status_code, parsed, resp.headers)

@@ -72,7 +72,10 @@ class TokenBucket:
 
 
 class SubscriptionPacer:
-    """One set of buckets per subscription; the only place ARM calls are paced."""
+    """One set of buckets per subscription and principal; the only place ARM calls are paced.
+
+    Callers name the budget as "<subscription>|<principal>", ARM's own throttling unit.
+    """
 
     def __init__(self, figures: Mapping[Kind, BucketFigures] = ARM_DEFAULTS,
                  *, enabled: bool = True, safety: float = 5.0) -> None:
