@@ -1,0 +1,356 @@
+"""python -m bench --n N [--resync S] [--timeout S]: see bench/__init__.py."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from batchcompute_testbed.controlplane import ControlPlane
+from batchcompute_testbed.stack import (
+    EmulatorProcess,
+    install,
+    kubectl,
+    start_operator,
+    stop_process,
+)
+from bench.armlog import ArmCalls, ArmCursor
+from bench.audit import AuditCursor
+from bench.procstat import cpu_seconds, rss_peak_mib
+
+RESULTS = Path(__file__).resolve().parent / "results"
+NAMESPACE = "bench"
+SUBSCRIPTIONS = ("00000000-0000-0000-0000-0000000000b1", "00000000-0000-0000-0000-0000000000b2")
+WORKSPACES = 10
+LOCATION = "westeurope"
+LATENCY_S = 0.05
+OPERATION_S = 2.0
+PAGE_SIZE = 100
+EMULATOR_ARGS = ("--latency-ms", str(int(LATENCY_S * 1000)), "--operation-seconds",
+                 str(OPERATION_S), "--page-size", str(PAGE_SIZE), "--throttle", "default",
+                 "--log-level", "WARNING")
+# ARM's published per-subscription token buckets, which the emulator enforces by default.
+WRITE_BUCKET, WRITE_REFILL = 200, 10.0
+DELETE_BUCKET, DELETE_REFILL = 200, 10.0
+CHUNK = 200
+POLL_S = 1.0
+
+
+def workspace(i: int) -> dict[str, str]:
+    return {"subscriptionId": SUBSCRIPTIONS[i % len(SUBSCRIPTIONS)], "resourceGroup": "ml-rg",
+            "name": f"ws-{i}"}
+
+
+def batch_account_id(i: int) -> str:
+    ws = workspace(i)
+    return (f"/subscriptions/{ws['subscriptionId']}/resourceGroups/batch-rg/providers/"
+            f"Microsoft.Batch/batchAccounts/batch{i}")
+
+
+def seed() -> dict[str, Any]:
+    return {
+        "workspaces": [{**workspace(i), "location": LOCATION} for i in range(WORKSPACES)],
+        "batchAccounts": [{"subscriptionId": workspace(i)["subscriptionId"],
+                           "resourceGroup": "batch-rg", "name": f"batch{i}",
+                           "location": LOCATION} for i in range(WORKSPACES)],
+    }
+
+
+def attachment(j: int) -> dict[str, Any]:
+    i = j % WORKSPACES
+    return {
+        "apiVersion": "batchcompute.azureml.dev/v1alpha1",
+        "kind": "BatchComputeAttachment",
+        "metadata": {"name": f"a{j:04d}", "namespace": NAMESPACE},
+        "spec": {"workspace": workspace(i), "batchAccount": {"resourceId": batch_account_id(i)}},
+    }
+
+
+def per_subscription(n: int) -> Counter[str]:
+    return Counter(workspace(j % WORKSPACES)["subscriptionId"] for j in range(n))
+
+
+def lower_bound(n: int, bucket: int, refill: float, tail: float) -> float:
+    """The throttle's floor: a subscription's writes beyond its bucket at the refill rate,
+    plus one long-running operation and its round trips."""
+    return max(max(0, k - bucket) / refill for k in per_subscription(n).values()) + tail
+
+
+def log(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def create_all(admin: Path, n: int) -> None:
+    docs = [attachment(j) for j in range(n)]
+    chunks = [docs[k:k + CHUNK] for k in range(0, n, CHUNK)]
+
+    def create(chunk: list[dict[str, Any]]) -> None:
+        kubectl(admin, "create", "-f", "-", stdin=yaml.safe_dump_all(chunk))
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for future in [pool.submit(create, chunk) for chunk in chunks]:
+            future.result()
+
+
+def list_bca(admin: Path) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = json.loads(
+        kubectl(admin, "get", "bca", "-n", NAMESPACE, "-o", "json"))["items"]
+    return items
+
+
+def is_ready(obj: dict[str, Any]) -> bool:
+    generation = obj["metadata"].get("generation")
+    for cond in obj.get("status", {}).get("conditions") or []:
+        if cond.get("type") == "Ready":
+            return bool(cond.get("status") == "True"
+                        and cond.get("observedGeneration", generation) == generation)
+    return False
+
+
+def poll(what: str, check: Callable[[], tuple[bool, str]], deadline: float,
+         alive: Callable[[], None]) -> None:
+    last_report = 0.0
+    while True:
+        alive()
+        done, progress = check()
+        if done:
+            return
+        now = time.monotonic()
+        if now > deadline:
+            raise TimeoutError(f"gave up waiting for {what} ({progress})")
+        if now - last_report >= 10:
+            log(f"  {what}: {progress}")
+            last_report = now
+        time.sleep(POLL_S)
+
+
+def arm_summary(calls: ArmCalls) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in sorted(calls.breakdown().items())) or "none"
+
+
+def k8s_summary(writes: Counter[str]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in sorted(writes.items())) or "none"
+
+
+def run(args: argparse.Namespace, work: Path) -> dict[str, float]:
+    n: int = args.n
+    resync: float = args.resync
+    timeout: float = args.timeout
+    results: dict[str, float] = {"n": n, "resync_interval_seconds": resync}
+    with ControlPlane(audit_log=True) as plane:
+        admin = plane.kubeconfig_admin
+        assert plane.audit_log_path is not None
+        log(f"control plane up at {plane.server}")
+        emulator = EmulatorProcess(work / "emulator", EMULATOR_ARGS, seed())
+        operator = None
+        log_file = work / "operator.log"
+        try:
+            emulator.start()
+            config = emulator.admin("GET", "config")
+            log(f"emulator at {emulator.arm_url}: latency {config['latency_ms']} ms, "
+                f"operations {config['operation_seconds']} s, page size {config['page_size']}, "
+                f"throttle {json.dumps(config['throttle'])}")
+            install(admin)
+            kubectl(admin, "create", "namespace", NAMESPACE)
+            operator = start_operator(plane.kubeconfig_operator, {
+                **emulator.operator_env(), "BCO_POLL_INTERVAL": "2",
+                "BCO_RESYNC_INTERVAL": f"{resync:g}", "BCO_NAMESPACES": NAMESPACE}, log_file)
+            proc = operator
+            log(f"operator running (pid {proc.pid})")
+
+            def alive() -> None:
+                plane.check_alive()
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the operator exited with {proc.returncode}")
+                if emulator.proc is None or emulator.proc.poll() is not None:
+                    raise RuntimeError("the emulator exited")
+
+            arm, audit = ArmCursor(emulator), AuditCursor(plane.audit_log_path)
+            time.sleep(1)  # let the operator's start-up listing settle before the marks
+            arm.skip()
+            audit.skip()
+
+            # 1-3, 6: the attach burst.
+            log(f"attach: creating {n} BatchComputeAttachments in chunks of {CHUNK}")
+            cpu_start = cpu_seconds(proc.pid)
+            started = time.monotonic()
+            create_all(admin, n)
+            results["create_seconds"] = time.monotonic() - started
+            log(f"attach: created in {results['create_seconds']:.1f}s; waiting for Ready")
+
+            def all_ready() -> tuple[bool, str]:
+                items = list_bca(admin)
+                ready = sum(1 for obj in items if is_ready(obj))
+                return len(items) == n and ready == n, f"{ready}/{n} Ready"
+
+            poll("Ready", all_ready, started + timeout, alive)
+            seconds = time.monotonic() - started
+            cpu_attach = cpu_seconds(proc.pid) - cpu_start
+            attach_calls, attach_writes = arm.take(), audit.take()
+            bound = lower_bound(n, WRITE_BUCKET, WRITE_REFILL, OPERATION_S + 2 * LATENCY_S)
+            results.update({
+                "seconds": seconds,
+                "lower_bound_seconds": bound,
+                "ratio": seconds / bound,
+                "arm_writes_per_attach": attach_calls.count("PUT") / n,
+                "arm_reads_per_attach": attach_calls.count("GET") / n,
+                "arm_requests_attach": attach_calls.total,
+                "arm_429_attach": attach_calls.throttled(),
+                "arm_429_fraction": attach_calls.throttled() / max(1, attach_calls.total),
+                "k8s_writes_per_attach": sum(attach_writes.values()) / n,
+                "cpu_seconds_per_attach": cpu_attach / n,
+            })
+            log(f"attach: all {n} Ready after {seconds:.1f}s")
+            log(f"  ARM calls: {arm_summary(attach_calls)}")
+            log(f"  operator k8s writes: {k8s_summary(attach_writes)}")
+
+            # 4: steady state over three resync intervals.
+            window = 3 * resync
+            log(f"steady state: watching for {window:g}s (3 resync intervals)")
+            deadline = time.monotonic() + window
+            while time.monotonic() < deadline:
+                alive()
+                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+            steady_calls, steady_writes = arm.take(), audit.take()
+            not_ready = sum(1 for obj in list_bca(admin) if not is_ready(obj))
+            results.update({
+                "steady_arm_reads_per_interval": steady_calls.count("GET") / 3,
+                "steady_arm_writes": steady_calls.count("PUT") + steady_calls.count("DELETE"),
+                "steady_arm_429": steady_calls.throttled(),
+                "steady_k8s_writes": sum(steady_writes.values()),
+                "steady_not_ready": not_ready,
+            })
+            log(f"  ARM calls: {arm_summary(steady_calls)}")
+            log(f"  operator k8s writes: {k8s_summary(steady_writes)}")
+
+            # 5: the detach burst.
+            log(f"detach: deleting all {n}")
+            started = time.monotonic()
+            kubectl(admin, "delete", "bca", "--all", "-n", NAMESPACE, "--wait=false")
+
+            def none_left() -> tuple[bool, str]:
+                left = len(list_bca(admin))
+                return left == 0, f"{left}/{n} left"
+
+            poll("deletion", none_left, started + timeout, alive)
+            detach_seconds = time.monotonic() - started
+            computes_left = len(emulator.admin("GET", "computes"))
+            detach_calls, detach_writes = arm.take(), audit.take()
+            detach_bound = lower_bound(n, DELETE_BUCKET, DELETE_REFILL,
+                                       OPERATION_S + 2 * LATENCY_S)
+            results.update({
+                "detach_seconds": detach_seconds,
+                "detach_lower_bound_seconds": detach_bound,
+                "detach_ratio": detach_seconds / detach_bound,
+                "computes_left": computes_left,
+                "arm_deletes_per_detach": detach_calls.count("DELETE") / n,
+                "arm_reads_per_detach": detach_calls.count("GET") / n,
+                "arm_429_detach": detach_calls.throttled(),
+                "detach_arm_429_fraction": detach_calls.throttled() / max(1, detach_calls.total),
+                "k8s_writes_per_detach": sum(detach_writes.values()) / n,
+            })
+            log(f"detach: none left after {detach_seconds:.1f}s; computes left {computes_left}")
+            log(f"  ARM calls: {arm_summary(detach_calls)}")
+            log(f"  operator k8s writes: {k8s_summary(detach_writes)}")
+
+            # 6: memory, read before the operator stops.
+            results["rss_mib_peak"] = rss_peak_mib(proc.pid)
+            results["cpu_seconds_total"] = cpu_seconds(proc.pid)
+            return results
+        except BaseException:
+            if log_file.exists():
+                print(log_file.read_text()[-5000:], file=sys.stderr)
+            raise
+        finally:
+            stop_process(operator)
+            emulator.stop()
+
+
+ROWS: Sequence[tuple[str, str, str]] = (
+    ("create_seconds", "{:.1f}", "kubectl create of all N"),
+    ("seconds", "{:.1f}", "first create -> all Ready (1 s polls)"),
+    ("lower_bound_seconds", "{:.1f}", "attach lower bound"),
+    ("ratio", "{:.2f}", "seconds / lower bound"),
+    ("arm_writes_per_attach", "{:.2f}", "PUT / N"),
+    ("arm_reads_per_attach", "{:.2f}", "GET / N (workspace, computes, operation polls)"),
+    ("arm_429_fraction", "{:.4f}", "429 / ARM requests, attach phase"),
+    ("k8s_writes_per_attach", "{:.2f}", "operator create/update/patch/delete / N"),
+    ("cpu_seconds_per_attach", "{:.4f}", "operator utime+stime over attach / N"),
+    ("steady_arm_reads_per_interval", "{:.1f}", "ARM GETs per resync interval"),
+    ("steady_arm_writes", "{:.0f}", "ARM PUT+DELETE in 3 intervals"),
+    ("steady_k8s_writes", "{:.0f}", "operator k8s writes in 3 intervals"),
+    ("detach_seconds", "{:.1f}", "delete --all -> none left (1 s polls)"),
+    ("detach_lower_bound_seconds", "{:.1f}", "detach lower bound"),
+    ("detach_ratio", "{:.2f}", "detach_seconds / lower bound"),
+    ("arm_deletes_per_detach", "{:.2f}", "DELETE / N"),
+    ("detach_arm_429_fraction", "{:.4f}", "429 / ARM requests, detach phase"),
+    ("computes_left", "{:.0f}", "computes in the emulator after detach"),
+    ("rss_mib_peak", "{:.1f}", "operator VmHWM"),
+)
+
+
+def report(results: dict[str, float]) -> str:
+    n, resync = int(results["n"]), results["resync_interval_seconds"]
+    subs = per_subscription(n)
+    lines = [
+        "",
+        f"BatchComputeAttachment benchmark, N={n}, {WORKSPACES} workspaces over "
+        f"{len(SUBSCRIPTIONS)} subscriptions ({', '.join(str(v) for v in subs.values())} "
+        "attachments each)",
+        f"emulator: latency {LATENCY_S * 1000:.0f} ms, operations {OPERATION_S:g} s, page size "
+        f"{PAGE_SIZE}; per-subscription throttle reads 250 +25/s, writes {WRITE_BUCKET} "
+        f"+{WRITE_REFILL:g}/s, deletes {DELETE_BUCKET} +{DELETE_REFILL:g}/s",
+        f"operator: BCO_POLL_INTERVAL=2 BCO_RESYNC_INTERVAL={resync:g} "
+        f"BCO_NAMESPACES={NAMESPACE}",
+        f"lower bound = max over subscriptions of (max(0, writes - {WRITE_BUCKET})/"
+        f"{WRITE_REFILL:g} + {OPERATION_S:g} + 2*{LATENCY_S:g}) (attach, writes = PUTs needed)",
+        f"              max over subscriptions of (max(0, deletes - {DELETE_BUCKET})/"
+        f"{DELETE_REFILL:g} + {OPERATION_S:g} + 2*{LATENCY_S:g}) (detach)",
+        "",
+        f"{'metric':<30} {'value':>10}  note",
+        f"{'-' * 30} {'-' * 10}  {'-' * 44}",
+    ]
+    for key, fmt, note in ROWS:
+        if key in results:
+            lines.append(f"{key:<30} {fmt.format(results[key]):>10}  {note}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--n", type=int, default=1000, help="attachments (default 1000)")
+    p.add_argument("--resync", type=float, default=20.0,
+                   help="operator resync interval, seconds; steady state watches 3 of them")
+    p.add_argument("--timeout", type=float, default=600.0,
+                   help="give up on any one phase after this many seconds")
+    p.add_argument("--output", type=Path, default=RESULTS / "latest.json",
+                   help="where the flat JSON of results goes")
+    args = p.parse_args(argv)
+    if args.n < 1:
+        p.error("--n must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bco-bench-") as tmp:
+        results = run(args, Path(tmp))
+    print(report(results), flush=True)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    rounded = {k: v if isinstance(v, int) else round(v, 4) for k, v in results.items()}
+    args.output.write_text(json.dumps(rounded, indent=2, sort_keys=True) + "\n")
+    print(f"\nresults written to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
