@@ -133,6 +133,27 @@ def poll(what: str, check: Callable[[], tuple[bool, str]], deadline: float,
         time.sleep(POLL_S)
 
 
+def status_changes(before: list[dict[str, Any]],
+                   after: list[dict[str, Any]]) -> Counter[str]:
+    """For each status field (conditions by type), how many objects saw it change; the
+    number of objects with any change under "(objects)"."""
+    def fields(obj: dict[str, Any]) -> dict[str, Any]:
+        status = dict(obj.get("status") or {})
+        for c in status.pop("conditions", None) or []:
+            status[f"conditions[{c.get('type')}]"] = c
+        return status
+
+    old = {obj["metadata"]["name"]: fields(obj) for obj in before}
+    changed: Counter[str] = Counter()
+    for obj in after:
+        previous, current = old.get(obj["metadata"]["name"], {}), fields(obj)
+        keys = [k for k in previous.keys() | current.keys() if previous.get(k) != current.get(k)]
+        changed.update(keys)
+        if keys:
+            changed["(objects)"] += 1
+    return changed
+
+
 def arm_summary(calls: ArmCalls) -> str:
     return ", ".join(f"{k}: {v}" for k, v in sorted(calls.breakdown().items())) or "none"
 
@@ -187,8 +208,11 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, float]:
             results["create_seconds"] = time.monotonic() - started
             log(f"attach: created in {results['create_seconds']:.1f}s; waiting for Ready")
 
+            seen: list[dict[str, Any]] = []
+
             def all_ready() -> tuple[bool, str]:
                 items = list_bca(admin)
+                seen[:] = items
                 ready = sum(1 for obj in items if is_ready(obj))
                 return len(items) == n and ready == n, f"{ready}/{n} Ready"
 
@@ -221,16 +245,20 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, float]:
                 alive()
                 time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
             steady_calls, steady_writes = arm.take(), audit.take()
-            not_ready = sum(1 for obj in list_bca(admin) if not is_ready(obj))
+            after = list_bca(admin)
+            not_ready = sum(1 for obj in after if not is_ready(obj))
+            changed = status_changes(seen, after)
             results.update({
                 "steady_arm_reads_per_interval": steady_calls.count("GET") / 3,
                 "steady_arm_writes": steady_calls.count("PUT") + steady_calls.count("DELETE"),
                 "steady_arm_429": steady_calls.throttled(),
                 "steady_k8s_writes": sum(steady_writes.values()),
                 "steady_not_ready": not_ready,
+                "steady_status_changed": changed["(objects)"],
             })
             log(f"  ARM calls: {arm_summary(steady_calls)}")
             log(f"  operator k8s writes: {k8s_summary(steady_writes)}")
+            log(f"  objects whose status changed, by field: {k8s_summary(changed)}")
 
             # 5: the detach burst.
             log(f"detach: deleting all {n}")
@@ -288,6 +316,7 @@ ROWS: Sequence[tuple[str, str, str]] = (
     ("steady_arm_reads_per_interval", "{:.1f}", "ARM GETs per resync interval"),
     ("steady_arm_writes", "{:.0f}", "ARM PUT+DELETE in 3 intervals"),
     ("steady_k8s_writes", "{:.0f}", "operator k8s writes in 3 intervals"),
+    ("steady_status_changed", "{:.0f}", "objects whose status changed in 3 intervals"),
     ("detach_seconds", "{:.1f}", "delete --all -> none left (1 s polls)"),
     ("detach_lower_bound_seconds", "{:.1f}", "detach lower bound"),
     ("detach_ratio", "{:.2f}", "detach_seconds / lower bound"),
