@@ -269,7 +269,9 @@ def decide_detach(target_id: str | None, policy: str, owner: Owner, status: Mapp
     if target_id is None or view is None:
         return Decision(Action.RELEASE, events=[Event(
             "Normal", "Detached", f"{target_id or 'nothing'} is no longer attached")])
-    if _owned_by(view, owner) is not True:
+    if _owned_by(view, owner) is not True or view.compute_type != "Batch":
+        # Our tags alone are not enough: a compute of another type under the name is not the
+        # attachment this resource made, whatever its tags say.
         return Decision(Action.RELEASE, events=[Event(
             "Normal", "Detached", f"left {_desc(view)} in place: this resource does not own it")])
     op = status.get("operation") if isinstance(status.get("operation"), Mapping) else None

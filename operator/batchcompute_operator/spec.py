@@ -92,9 +92,13 @@ def batch_account_id(subscription_id: str, resource_group: str, account_name: st
 
 
 def _text(value: Any, where: str, problems: list[str], *, required: bool = True) -> str | None:
-    if value is None or value == "":
+    if value is None:
         if required:
             problems.append(f"{where} is required")
+        return None
+    if value == "":
+        # An empty string is a value, not an absence: the schema refuses it too.
+        problems.append(f"{where} is required" if required else f"{where} must not be empty")
         return None
     if not isinstance(value, str):
         problems.append(f"{where} must be a string")
@@ -113,21 +117,22 @@ def parse_batch_resource_id(resource_id: str, problems: list[str]) -> None:
     parts = resource_id.split("/")
     if len(parts) != 9 or parts[0] != "":
         problems.append(
-            f"Invalid resource_id provided: {resource_id!r}; expected "
+            f"batchAccount.resourceId: Invalid resource_id provided: {resource_id!r}; expected "
             "/subscriptions/<id>/resourceGroups/<rg>/providers/Microsoft.Batch/batchAccounts/<name>"
         )
         return
     _, subs, sub, rgs, rg, providers, namespace, kind, name = parts
     if namespace.lower() != "microsoft.batch":
         problems.append(
-            f"Invalid resource_id provided: {resource_id!r}; the provider must be "
-            f"Microsoft.Batch, not {namespace!r}"
+            f"batchAccount.resourceId: Invalid resource_id provided: {resource_id!r}; the "
+            f"provider must be Microsoft.Batch, not {namespace!r}"
         )
         return
     if (subs.lower(), rgs.lower(), providers.lower(), kind.lower()) != (
         "subscriptions", "resourcegroups", "providers", "batchaccounts"
     ):
-        problems.append(f"Invalid resource_id provided: {resource_id!r}; not a Batch account id")
+        problems.append(f"batchAccount.resourceId: Invalid resource_id provided: {resource_id!r}; "
+                        "not a Batch account id")
         return
     _check(sub, GUID, "batchAccount.resourceId subscription", "must be a GUID", problems)
     _check(rg, RESOURCE_GROUP, "batchAccount.resourceId resource group",
@@ -196,7 +201,8 @@ def parse_spec(spec: Mapping[str, Any], default_name: str,
     _check(ws_name, WORKSPACE, "workspace.name",
            "3-33 letters, digits, '_' and '-', starting with a letter or digit", problems)
 
-    compute = _text(spec.get("computeName") or default_name, "computeName", problems)
+    raw_compute = spec.get("computeName")
+    compute = _text(default_name if raw_compute is None else raw_compute, "computeName", problems)
     _check(compute, COMPUTE_NAME, "computeName",
            "3-24 letters, digits and '-', starting with a letter", problems)
 
