@@ -184,7 +184,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, float]:
             kubectl(admin, "create", "namespace", NAMESPACE)
             operator = start_operator(plane.kubeconfig_operator, {
                 **emulator.operator_env(), "BCO_POLL_INTERVAL": "2",
-                "BCO_RESYNC_INTERVAL": f"{resync:g}", "BCO_NAMESPACES": NAMESPACE}, log_file)
+                "BCO_RESYNC_INTERVAL": f"{resync:g}", "BCO_NAMESPACES": NAMESPACE,
+                **dict(kv.split("=", 1) for kv in args.operator_env)}, log_file)
             proc = operator
             log(f"operator running (pid {proc.pid})")
 
@@ -363,6 +364,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="give up on any one phase after this many seconds")
     p.add_argument("--output", type=Path, default=RESULTS / "latest.json",
                    help="where the flat JSON of results goes")
+    p.add_argument("--operator-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra environment for the operator, e.g. BCO_LOG_LEVEL=DEBUG")
+    p.add_argument("--keep", type=Path, default=None,
+                   help="keep the operator and emulator logs in this directory")
     args = p.parse_args(argv)
     if args.n < 1:
         p.error("--n must be at least 1")
@@ -371,8 +376,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="bco-bench-") as tmp:
-        results = run(args, Path(tmp))
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        results = run(args, args.keep)
+    else:
+        with tempfile.TemporaryDirectory(prefix="bco-bench-") as tmp:
+            results = run(args, Path(tmp))
     print(report(results), flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     rounded = {k: v if isinstance(v, int) else round(v, 4) for k, v in results.items()}

@@ -41,8 +41,9 @@ def main(argv: list[str] | None = None) -> None:
             os.environ[env] = value
     if args.allow_insecure_http:
         os.environ["BCO_ALLOW_INSECURE_HTTP"] = "true"
+    level = "DEBUG" if args.verbose else os.environ.get("BCO_LOG_LEVEL", "INFO").upper()
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # request lines carry no value here
     logging.getLogger("azure").setLevel(logging.WARNING)

@@ -130,6 +130,11 @@ class AttachmentService:
 
     async def reconcile(self, res: ResourceView, trigger: Trigger) -> Outcome:
         lock = self._locks.setdefault(res.uid, asyncio.Lock())
+        if trigger is not Trigger.CHANGE and lock.locked():
+            # Another handler is acting on this resource right now (e.g. a create waiting for
+            # its turn to write); a timer tick would only act on a body that is about to be
+            # outdated. The next tick looks again.
+            return Outcome()
         async with lock:
             if trigger is Trigger.POLL and not self.due(res.uid):
                 return Outcome()
