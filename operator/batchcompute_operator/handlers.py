@@ -85,6 +85,10 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     # Serving named namespaces needs no namespace listing (and so no cluster-wide RBAC);
     # the CRD must then exist before the operator starts.
     settings.scanning.disabled = bool(SETTINGS.namespaces)
+    # A timer whose `when` stops matching (poll -> resync once Ready) is usually still
+    # finishing the very status patch that flipped it; waiting for it here spares kopf's
+    # fallback of re-checking later with a "dummy" status write on every such object.
+    settings.background.instant_exit_timeout = 3.0
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     memo.runtime = build_runtime(SETTINGS)
