@@ -54,7 +54,7 @@ run: venv ## run the operator against the current kubeconfig (BCO_* variables co
 
 .PHONY: bench
 bench: venv controlplane ## benchmark N attachments (default 1000) at ARM's throttle limits
-	$(BIN)/python -m bench --n $(N)
+	$(BIN)/python -m bench --n $(N) --curve 100,300 --footprint 5000
 
 .PHONY: image
 image: ## build the container image (needs a Docker engine)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -154,6 +155,64 @@ def status_changes(before: list[dict[str, Any]],
     return changed
 
 
+def steady(admin: Path, resync: float, seen: list[dict[str, Any]], arm: ArmCursor,
+           audit: AuditCursor, alive: Callable[[], None], results: dict[str, float]) -> None:
+    """Three resync intervals with nothing changing: what does idling cost?"""
+    window = 3 * resync
+    log(f"steady state: watching for {window:g}s (3 resync intervals)")
+    deadline = time.monotonic() + window
+    while time.monotonic() < deadline:
+        alive()
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+    steady_calls, steady_writes = arm.take(), audit.take()
+    after = list_bca(admin)
+    changed = status_changes(seen, after)
+    results.update({
+        "steady_arm_reads_per_interval": steady_calls.count("GET") / 3,
+        "steady_arm_writes": steady_calls.count("PUT") + steady_calls.count("DELETE"),
+        "steady_arm_429": steady_calls.throttled(),
+        "steady_k8s_writes": sum(steady_writes.values()),
+        "steady_not_ready": sum(1 for obj in after if not is_ready(obj)),
+        "steady_status_changed": changed["(objects)"],
+    })
+    log(f"  ARM calls: {arm_summary(steady_calls)}")
+    log(f"  operator k8s writes: {k8s_summary(steady_writes)}")
+    log(f"  objects whose status changed, by field: {k8s_summary(changed)}")
+
+
+DRIFTED = 50
+
+
+def drift(emulator: EmulatorProcess, admin: Path, n: int, arm: ArmCursor, audit: AuditCursor,
+          alive: Callable[[], None], *, started_at: float, deadline: float) -> dict[str, float]:
+    """Detach up to 50 computes out of band; time until the operator has re-attached all."""
+    k = min(DRIFTED, n)
+    arm.skip()
+    audit.skip()
+    for j in range(k):
+        ws = workspace(j % WORKSPACES)
+        emulator.admin("DELETE", f"computes/{ws['subscriptionId']}/{ws['resourceGroup']}/"
+                                 f"{ws['name']}/a{j:04d}")
+    gone = {f"a{j:04d}" for j in range(k)}
+
+    def repaired() -> tuple[bool, str]:
+        computes = emulator.admin("GET", "computes")
+        back = sum(1 for c in computes if c["compute"]["name"] in gone
+                   and c["compute"]["properties"]["provisioningState"] == "Succeeded")
+        ready = sum(1 for obj in list_bca(admin)
+                    if obj["metadata"]["name"] in gone and is_ready(obj))
+        return back == k and ready == k, f"{back}/{k} re-attached, {ready}/{k} Ready"
+
+    poll("drift repair", repaired, deadline, alive)
+    seconds = time.monotonic() - started_at
+    calls, writes = arm.take(), audit.take()
+    log(f"drift: {k} out-of-band detaches repaired after {seconds:.1f}s")
+    log(f"  ARM calls: {arm_summary(calls)}")
+    log(f"  operator k8s writes: {k8s_summary(writes)}")
+    return {"drifted": k, "drift_repair_seconds": seconds, "drift_puts": calls.count("PUT"),
+            "drift_k8s_writes": sum(writes.values())}
+
+
 def arm_summary(calls: ArmCalls) -> str:
     return ", ".join(f"{k}: {v}" for k, v in sorted(calls.breakdown().items())) or "none"
 
@@ -162,8 +221,13 @@ def k8s_summary(writes: Counter[str]) -> str:
     return ", ".join(f"{k}: {v}" for k, v in sorted(writes.items())) or "none"
 
 
-def run(args: argparse.Namespace, work: Path) -> dict[str, float]:
-    n: int = args.n
+FULL = ("steady", "drift", "restart", "detach")
+
+
+def run(args: argparse.Namespace, work: Path, n: int | None = None,
+        phases: Sequence[str] = FULL) -> dict[str, float]:
+    """One fresh control plane, emulator and operator; attach N, then the chosen phases."""
+    n = args.n if n is None else n
     resync: float = args.resync
     timeout: float = args.timeout
     results: dict[str, float] = {"n": n, "resync_interval_seconds": resync}
@@ -182,17 +246,18 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, float]:
                 f"throttle {json.dumps(config['throttle'])}")
             install(admin)
             kubectl(admin, "create", "namespace", NAMESPACE)
-            operator = start_operator(plane.kubeconfig_operator, {
+            operator_env = {
                 **emulator.operator_env(), "BCO_POLL_INTERVAL": "2",
                 "BCO_RESYNC_INTERVAL": f"{resync:g}", "BCO_NAMESPACES": NAMESPACE,
-                **dict(kv.split("=", 1) for kv in args.operator_env)}, log_file)
+                **dict(kv.split("=", 1) for kv in args.operator_env)}
+            operator = start_operator(plane.kubeconfig_operator, operator_env, log_file)
             proc = operator
             log(f"operator running (pid {proc.pid})")
 
             def alive() -> None:
                 plane.check_alive()
-                if proc.poll() is not None:
-                    raise RuntimeError(f"the operator exited with {proc.returncode}")
+                if operator is None or operator.poll() is not None:
+                    raise RuntimeError("the operator exited")
                 if emulator.proc is None or emulator.proc.poll() is not None:
                     raise RuntimeError("the emulator exited")
 
@@ -238,30 +303,49 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, float]:
             log(f"  ARM calls: {arm_summary(attach_calls)}")
             log(f"  operator k8s writes: {k8s_summary(attach_writes)}")
 
-            # 4: steady state over three resync intervals.
-            window = 3 * resync
-            log(f"steady state: watching for {window:g}s (3 resync intervals)")
-            deadline = time.monotonic() + window
-            while time.monotonic() < deadline:
-                alive()
-                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-            steady_calls, steady_writes = arm.take(), audit.take()
-            after = list_bca(admin)
-            not_ready = sum(1 for obj in after if not is_ready(obj))
-            changed = status_changes(seen, after)
-            results.update({
-                "steady_arm_reads_per_interval": steady_calls.count("GET") / 3,
-                "steady_arm_writes": steady_calls.count("PUT") + steady_calls.count("DELETE"),
-                "steady_arm_429": steady_calls.throttled(),
-                "steady_k8s_writes": sum(steady_writes.values()),
-                "steady_not_ready": not_ready,
-                "steady_status_changed": changed["(objects)"],
-            })
-            log(f"  ARM calls: {arm_summary(steady_calls)}")
-            log(f"  operator k8s writes: {k8s_summary(steady_writes)}")
-            log(f"  objects whose status changed, by field: {k8s_summary(changed)}")
+            results["rss_mib_peak"] = rss_peak_mib(proc.pid)
 
-            # 5: the detach burst.
+            # 4: steady state over three resync intervals.
+            if "steady" in phases:
+                steady(admin, resync, seen, arm, audit, alive, results)
+
+            # 5: drift at scale: computes detached behind the operator's back.
+            if "drift" in phases:
+                results.update(drift(emulator, admin, n, arm, audit, alive,
+                                     started_at=time.monotonic(),
+                                     deadline=time.monotonic() + timeout))
+
+            # 6: restart: kill -9 with N Ready, start again, everything re-verified.
+            if "restart" in phases:
+                results["rss_mib_peak"] = max(results["rss_mib_peak"], rss_peak_mib(proc.pid))
+                stop_process(operator, signal.SIGKILL)
+                arm.skip()
+                audit.skip()
+                restart_log = work / "operator-restarted.log"
+                started = time.monotonic()
+                operator = start_operator(plane.kubeconfig_operator, operator_env, restart_log)
+                proc = operator
+
+                def reverified() -> tuple[bool, str]:
+                    done = restart_log.read_text(errors="replace").count("Resuming is processed")
+                    return done >= n, f"{done}/{n} re-verified"
+
+                poll("re-verification", reverified, started + timeout, alive)
+                results["restart_seconds"] = time.monotonic() - started
+                time.sleep(3)  # writes that would follow the re-verification land in this window
+                restart_calls, restart_writes = arm.take(), audit.take()
+                results["restart_arm_writes"] = (restart_calls.count("PUT")
+                                                 + restart_calls.count("DELETE"))
+                results["restart_arm_reads"] = restart_calls.count("GET")
+                results["restart_k8s_writes"] = sum(restart_writes.values())
+                log(f"restart: {n} re-verified {results['restart_seconds']:.1f}s after start")
+                log(f"  ARM calls: {arm_summary(restart_calls)}")
+                log(f"  operator k8s writes: {k8s_summary(restart_writes)}")
+
+            if "detach" not in phases:
+                return results
+
+            # 7: the detach burst.
             log(f"detach: deleting all {n}")
             started = time.monotonic()
             kubectl(admin, "delete", "bca", "--all", "-n", NAMESPACE, "--wait=false")
@@ -291,9 +375,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, float]:
             log(f"  ARM calls: {arm_summary(detach_calls)}")
             log(f"  operator k8s writes: {k8s_summary(detach_writes)}")
 
-            # 6: memory, read before the operator stops.
-            results["rss_mib_peak"] = rss_peak_mib(proc.pid)
-            results["cpu_seconds_total"] = cpu_seconds(proc.pid)
+            # 8: memory, read before the operator stops (the larger of both processes').
+            results["rss_mib_peak"] = max(results["rss_mib_peak"], rss_peak_mib(proc.pid))
             return results
         except BaseException:
             if log_file.exists():
@@ -318,6 +401,11 @@ ROWS: Sequence[tuple[str, str, str]] = (
     ("steady_arm_writes", "{:.0f}", "ARM PUT+DELETE in 3 intervals"),
     ("steady_k8s_writes", "{:.0f}", "operator k8s writes in 3 intervals"),
     ("steady_status_changed", "{:.0f}", "objects whose status changed in 3 intervals"),
+    ("drift_repair_seconds", "{:.1f}", "50 out-of-band detaches -> all Ready again"),
+    ("drift_puts", "{:.0f}", "PUTs made to repair them (goal: exactly 50)"),
+    ("restart_seconds", "{:.1f}", "kill -9, start -> every resource re-verified"),
+    ("restart_arm_writes", "{:.0f}", "ARM PUT+DELETE after the restart"),
+    ("restart_k8s_writes", "{:.0f}", "operator k8s writes after the restart"),
     ("detach_seconds", "{:.1f}", "delete --all -> none left (1 s polls)"),
     ("detach_lower_bound_seconds", "{:.1f}", "detach lower bound"),
     ("detach_ratio", "{:.2f}", "detach_seconds / lower bound"),
@@ -325,6 +413,8 @@ ROWS: Sequence[tuple[str, str, str]] = (
     ("detach_arm_429_fraction", "{:.4f}", "429 / ARM requests, detach phase"),
     ("computes_left", "{:.0f}", "computes in the emulator after detach"),
     ("rss_mib_peak", "{:.1f}", "operator VmHWM"),
+    ("rss_mib_5000", "{:.1f}", "operator VmHWM, attaching 5000 (run of its own)"),
+    ("ratio_5000", "{:.2f}", "attach ratio at 5000"),
 )
 
 
@@ -366,6 +456,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="where the flat JSON of results goes")
     p.add_argument("--operator-env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra environment for the operator, e.g. BCO_LOG_LEVEL=DEBUG")
+    p.add_argument("--curve", default="",
+                   help="also attach+detach these sizes (e.g. 100,300) and print the scaling curve")
+    p.add_argument("--footprint", type=int, default=0,
+                   help="also attach this many in a run of its own and report its peak RSS")
+    p.add_argument("--attach-only", action="store_true",
+                   help="run only the attach burst at N (quick memory and speed checks)")
     p.add_argument("--keep", type=Path, default=None,
                    help="keep the operator and emulator logs in this directory")
     args = p.parse_args(argv)
@@ -374,15 +470,46 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def one_run(args: argparse.Namespace, n: int, phases: Sequence[str],
+            label: str) -> dict[str, float]:
+    if args.keep is not None:
+        work = args.keep / label
+        work.mkdir(parents=True, exist_ok=True)
+        return run(args, work, n, phases)
+    with tempfile.TemporaryDirectory(prefix="bco-bench-") as tmp:
+        return run(args, Path(tmp), n, phases)
+
+
+def curve_report(points: Sequence[dict[str, float]]) -> str:
+    lines = ["", "scaling curve (attach + detach; each N in a fresh run)",
+             f"{'N':>6} {'attach s':>9} {'bound':>7} {'ratio':>6} {'ARM calls':>10} "
+             f"{'calls/N':>8} {'k8s writes/N':>13} {'detach s':>9} {'detach ratio':>13}"]
+    for r in points:
+        calls = r["arm_requests_attach"]
+        lines.append(
+            f"{int(r['n']):>6} {r['seconds']:>9.1f} {r['lower_bound_seconds']:>7.1f} "
+            f"{r['ratio']:>6.2f} {calls:>10.0f} {calls / r['n']:>8.2f} "
+            f"{r['k8s_writes_per_attach']:>13.2f} {r['detach_seconds']:>9.1f} "
+            f"{r['detach_ratio']:>13.2f}")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.keep is not None:
-        args.keep.mkdir(parents=True, exist_ok=True)
-        results = run(args, args.keep)
-    else:
-        with tempfile.TemporaryDirectory(prefix="bco-bench-") as tmp:
-            results = run(args, Path(tmp))
+    sizes = sorted({int(x) for x in args.curve.split(",") if x.strip()} - {args.n})
+    points = [one_run(args, size, ("detach",), f"curve-{size}") for size in sizes]
+    results = one_run(args, args.n, () if args.attach_only else FULL, f"n-{args.n}")
+    if args.footprint:
+        big = one_run(args, args.footprint, (), f"footprint-{args.footprint}")
+        results[f"rss_mib_{args.footprint}"] = big["rss_mib_peak"]
+        results[f"seconds_{args.footprint}"] = big["seconds"]
+        results[f"ratio_{args.footprint}"] = big["ratio"]
     print(report(results), flush=True)
+    if points:
+        print(curve_report(sorted([*points, results], key=lambda r: r["n"])), flush=True)
+        for point in points:
+            for key in ("seconds", "ratio", "arm_requests_attach", "detach_seconds"):
+                results[f"curve_{int(point['n'])}_{key}"] = point[key]
     args.output.parent.mkdir(parents=True, exist_ok=True)
     rounded = {k: v if isinstance(v, int) else round(v, 4) for k, v in results.items()}
     args.output.write_text(json.dumps(rounded, indent=2, sort_keys=True) + "\n")

@@ -61,7 +61,8 @@ class Settings:
     allow_insecure_http: bool = False
     ca_bundle: str | None = None
     http_timeout: float = 30.0
-    max_connections: int = 64
+    max_connections: int = 32
+    kube_connections: int = 16
     credential: CredentialMode = "default"
     static_token_file: str | None = None
     managed_identity_client_id: str | None = None
@@ -120,6 +121,7 @@ class Settings:
             ca_bundle=env.get("BCO_CA_BUNDLE") or None,
             http_timeout=_float(env, "BCO_HTTP_TIMEOUT", cls.http_timeout, 0.1),
             max_connections=int(_float(env, "BCO_MAX_CONNECTIONS", cls.max_connections, 1)),
+            kube_connections=int(_float(env, "BCO_KUBE_CONNECTIONS", cls.kube_connections, 1)),
             credential=credential,  # type: ignore[arg-type]
             static_token_file=token_file,
             managed_identity_client_id=env.get("BCO_MANAGED_IDENTITY_CLIENT_ID") or None,

@@ -8,11 +8,13 @@ handlers return None and patch only what changed, so idle resources cost no writ
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import Mapping
 from typing import Any
 
+import aiohttp
 import kopf
 
 from batchcompute_operator import GROUP, PLURAL, VERSION
@@ -61,6 +63,27 @@ def _apply(outcome: Outcome, body: kopf.Body, patch: kopf.Patch) -> None:
 def _runtime(memo: Any) -> Runtime:
     runtime: Runtime = memo.runtime
     return runtime
+
+
+@kopf.on.login()
+async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
+    """kopf's own discovery of the credentials, on a connection pool of bounded size.
+
+    kopf's default pool is unbounded: a burst of status patches opens one TLS connection per
+    patch in flight, and each costs memory long after the burst. A bounded pool queues them.
+    """
+    info = await asyncio.to_thread(kopf.login_via_client, **kwargs)
+    if info is None:
+        return None
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=SETTINGS.kube_connections,
+                                       ssl=info.as_ssl_context()),
+        headers=info.as_http_headers(),
+        auth=info.as_aiohttp_basic_auth(),
+    )
+    return kopf.AiohttpSession(aiohttp_session=session, server=info.server,
+                               default_namespace=info.default_namespace,
+                               expiration=info.expiration, priority=info.priority)
 
 
 @kopf.on.startup()

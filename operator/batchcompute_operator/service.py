@@ -162,7 +162,10 @@ class AttachmentService:
     def _not_before(self, uid: str, trigger: Trigger) -> float:
         now = self._clock()
         if trigger is Trigger.RESYNC:
-            floor = now - 0.9 * self.settings.resync_interval
+            # Resync windows are aligned, so every resource of a workspace that ticks within
+            # one interval shares that interval's single LIST.
+            interval = self.settings.resync_interval
+            floor = (now // interval) * interval
         elif trigger is Trigger.POLL:
             floor = now - 0.5 * self.settings.poll_interval
         else:

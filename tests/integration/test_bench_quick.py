@@ -1,0 +1,58 @@
+"""`make bench` in miniature: N=50 through every scenario, asserting call counts, not times.
+
+Timings belong to the benchmark (`make bench`); what must hold at any scale is what each
+attachment costs ARM and Kubernetes, and that idling, drift repair and a restart cost
+exactly what they should.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+from bench.__main__ import FULL, run
+
+N = 50
+
+
+@pytest.fixture(scope="module")
+def figures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, float]:
+    args = argparse.Namespace(n=N, resync=4.0, timeout=240.0, operator_env=[], keep=None)
+    return run(args, tmp_path_factory.mktemp("bench"), N, FULL)
+
+
+def test_attach_costs_one_write_and_at_most_one_read(figures: dict[str, float]) -> None:
+    assert figures["arm_writes_per_attach"] == 1.0
+    assert figures["arm_reads_per_attach"] <= 1.0
+    assert figures["arm_429_fraction"] <= 0.01
+
+
+def test_attach_costs_at_most_five_kubernetes_writes(figures: dict[str, float]) -> None:
+    # finalizer, status with the operation in flight, status attached, two events
+    assert figures["k8s_writes_per_attach"] <= 5.0
+
+
+def test_idling_costs_one_list_per_workspace_and_no_writes(figures: dict[str, float]) -> None:
+    assert figures["steady_arm_writes"] == 0
+    assert figures["steady_k8s_writes"] == 0
+    assert figures["steady_status_changed"] == 0
+    assert figures["steady_not_ready"] == 0
+    # 10 workspaces, 5 attachments each: one LIST page per workspace per interval (+1 for
+    # a window that straddles an interval boundary)
+    assert figures["steady_arm_reads_per_interval"] <= 10 * 4 / 3
+
+
+def test_drift_is_repaired_with_exactly_one_put_each(figures: dict[str, float]) -> None:
+    assert figures["drift_puts"] == figures["drifted"] == N
+
+
+def test_restart_re_verifies_without_writing(figures: dict[str, float]) -> None:
+    assert figures["restart_arm_writes"] == 0
+    assert figures["restart_k8s_writes"] == 0
+
+
+def test_detach_costs_one_delete_and_leaves_nothing(figures: dict[str, float]) -> None:
+    assert figures["arm_deletes_per_detach"] == 1.0
+    assert figures["computes_left"] == 0
+    assert figures["detach_arm_429_fraction"] <= 0.01
+
