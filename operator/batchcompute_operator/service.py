@@ -13,7 +13,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,6 +42,9 @@ from batchcompute_operator.workspace.errors import ArmError, AuthenticationFaile
 from batchcompute_operator.workspace.observer import WorkspaceObserver
 
 log = logging.getLogger(__name__)
+
+
+WRITE_LAG_LIMIT = 30.0  # seconds after which an unseen status write is presumed lost
 
 
 class Trigger(enum.Enum):
@@ -121,6 +124,9 @@ class AttachmentService:
         self._locks: dict[str, asyncio.Lock] = {}
         self._submitted: dict[str, float] = {}  # uid -> monotonic time of the last PUT/DELETE
         self._retry: dict[str, tuple[float, int]] = {}  # uid -> (due, consecutive failures)
+        # Status this process wrote that the watch stream may not have delivered back yet,
+        # with when it was written.
+        self._written: dict[str, tuple[float, dict[str, Any]]] = {}
 
     # -- attach side -------------------------------------------------------------------------
 
@@ -138,6 +144,7 @@ class AttachmentService:
         async with lock:
             if trigger is Trigger.POLL and not self.due(res.uid):
                 return Outcome()
+            res = self._with_own_writes(res)
             try:
                 spec: AttachmentSpec | SpecError = parse_spec(res.spec, res.name, res.namespace)
             except SpecError as err:
@@ -221,8 +228,30 @@ class AttachmentService:
     def _operation(kind: str, url: str | None) -> dict[str, Any]:
         return {"kind": kind, "url": url, "since": utcnow()}
 
+    def _with_own_writes(self, res: ResourceView) -> ResourceView:
+        """The resource as of our own last status write.
+
+        Under load the watch stream lags: a timer can tick again before the body it is handed
+        shows the patch its previous tick made. Deciding from that stale body would repeat the
+        transition (a second write, a second event); our own writes are known, so overlay them.
+        """
+        entry = self._written.get(res.uid)
+        if entry is None:
+            return res
+        at, written = entry
+        caught_up = all(res.status.get(k) == v for k, v in written.items() if k != "lastSyncTime")
+        if caught_up or self._clock() - at > WRITE_LAG_LIMIT:
+            # Caught up; or so late that the write was probably lost: trust the body again.
+            del self._written[res.uid]
+            return res
+        status = {**res.status, **written}
+        return replace(res, status={k: v for k, v in status.items() if v is not None})
+
     def _outcome(self, res: ResourceView, decision: Decision) -> Outcome:
         patch = status_patch(res.status, decision, res.generation, utcnow())
+        if patch:
+            _, earlier = self._written.get(res.uid, (0.0, {}))
+            self._written[res.uid] = (self._clock(), {**earlier, **patch})
         events = decision.events if patch or decision.action in (Action.PUT, Action.DELETE) \
             else []
         return Outcome(patch, events)
@@ -339,6 +368,7 @@ class AttachmentService:
         return {k: v for k, v in after.items() if before.get(k) != v}
 
     def forget(self, uid: str) -> None:
+        self._written.pop(uid, None)
         self._locks.pop(uid, None)
         self._submitted.pop(uid, None)
         self._retry.pop(uid, None)
