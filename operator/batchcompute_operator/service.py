@@ -162,7 +162,7 @@ class AttachmentService:
             try:
                 outcome = await self._attach_step(res, spec, trigger)
             except ArmError as err:
-                return self._arm_failure(res, err, trigger)
+                return self._arm_failure(res, err)
             self._retry.pop(res.uid, None)
             return outcome
 
@@ -264,7 +264,7 @@ class AttachmentService:
         self._retry[uid] = (self._clock() + delay, failures)
         return delay
 
-    def _arm_failure(self, res: ResourceView, err: ArmError, trigger: Trigger) -> Outcome:
+    def _arm_failure(self, res: ResourceView, err: ArmError) -> Outcome:
         delay = self._backoff(res.uid, err)
         message = f"{err.code}: {err.message}"
         log.warning("%s/%s: ARM said %s (retry in %.0fs)", res.namespace, res.name, message, delay)
@@ -278,7 +278,8 @@ class AttachmentService:
             reason = "Retrying"
         if err.retryable:
             ready = cond.get(res.status.get("conditions"), "Ready") or {}
-            if ready.get("status") == "True" and trigger is Trigger.RESYNC:
+            if ready.get("status") == "True" and \
+                    ready.get("observedGeneration") == res.generation:
                 # A settled attachment stays Ready while ARM is briefly unavailable.
                 conditions = [cond.Condition("Ready", "True", str(ready.get("reason", "Attached")),
                                              str(ready.get("message", ""))),
@@ -358,7 +359,7 @@ class AttachmentService:
                 trigger = Trigger.POLL
                 await asyncio.sleep(self.settings.poll_interval)
         except ArmError as err:
-            failure = self._arm_failure(res, err, Trigger.POLL)
+            failure = self._arm_failure(res, err)
             status.update(failure.status_patch)
             return Outcome(self._diff(res.status, status), events + failure.events, False,
                            failure.retry_in)
