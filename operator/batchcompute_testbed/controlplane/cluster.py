@@ -470,6 +470,29 @@ class ControlPlane:
                     self._failure(f"kube-apiserver did not become ready{detail}")
                 )
 
+    def restart_apiserver(self) -> float:
+        """Stop kube-apiserver and start it again on the same port; returns the downtime.
+
+        etcd keeps every object, but every client connection and watch breaks, and the new
+        server's watch cache starts afresh, so clients resuming old watches get 410 Gone.
+        """
+        if self._apiserver is None or self.server is None or self.run_dir is None:
+            raise ControlPlaneError("the control plane is not running")
+        began = time.monotonic()
+        port = int(self.server.rsplit(":", 1)[1])
+        self._apiserver.stop(self.stop_grace)
+        binary = self._apiserver_binary or find_kube_apiserver()
+        proc = ManagedProcess("kube-apiserver", self._apiserver_argv(binary, port),
+                              self.run_dir / "kube-apiserver.log",
+                              die_with_parent=self.die_with_parent)
+        self._apiserver = proc
+        proc.start()
+        admin_token = self._token_users[ADMIN_USERNAME][0]
+        probe = _ReadyProbe(self.server, self._cert_dir / "apiserver.crt", admin_token)
+        if not self._wait(proc, probe, time.monotonic() + self.startup_timeout):
+            raise ControlPlaneError(self._failure("kube-apiserver did not come back"))
+        return time.monotonic() - began
+
     @staticmethod
     def _wait(proc: ManagedProcess, ready: Callable[[], bool], deadline: float) -> bool:
         """Poll `ready()` until it is true (True), or the process exits / time runs out (False)."""
