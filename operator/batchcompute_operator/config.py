@@ -74,6 +74,7 @@ class Settings:
     retry_max: float = 300.0
     namespaces: tuple[str, ...] = ()
     peering: str | None = None  # None: standalone (one replica); a name: kopf peering for HA
+    peering_lifetime: int = 60  # seconds a silent peer counts as alive: the HA handover time
     health_port: int = 8080
     pacing: bool = True
     buckets: Mapping[Kind, BucketFigures] = field(default_factory=lambda: dict(ARM_DEFAULTS))
@@ -133,6 +134,7 @@ class Settings:
             retry_max=_float(env, "BCO_RETRY_MAX", cls.retry_max, 0.1),
             namespaces=_list(env, "BCO_NAMESPACES"),
             peering=env.get("BCO_PEERING") or None,
+            peering_lifetime=int(_float(env, "BCO_PEERING_LIFETIME", cls.peering_lifetime, 5)),
             health_port=int(_float(env, "BCO_HEALTH_PORT", cls.health_port, 0)),
             pacing=_bool(env, "BCO_PACING", True),
             buckets=buckets,

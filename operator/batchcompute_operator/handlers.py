@@ -104,6 +104,7 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         # kopf pauses every peer that sees an equal or higher priority; distinct random
         # priorities make exactly one replica active and the others its stand-bys.
         settings.peering.priority = secrets.randbelow(1_000_000)
+        settings.peering.lifetime = SETTINGS.peering_lifetime
         settings.peering.clusterwide = not SETTINGS.namespaces
     # Serving named namespaces needs no namespace listing (and so no cluster-wide RBAC);
     # the CRD must then exist before the operator starts.

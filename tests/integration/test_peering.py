@@ -11,8 +11,8 @@ RBAC is not applied: the namespaced operator never uses it, and it would widen w
 operator identity may do for the rest of the session.
 
 A SIGKILLed peer cannot withdraw its keep-alive, so the survivor resumes only when that
-record expires: kopf's peering lifetime, 60 s by default (the operator does not set it), after
-the dead peer's last keep-alive. The take-over is therefore allowed up to 90 s.
+record expires: the peering lifetime (BCO_PEERING_LIFETIME, 15 s here, 60 s by default) after
+the dead peer's last keep-alive. The take-over is therefore allowed up to 45 s.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from waiting import wait_for
 
 HA = Path(__file__).resolve().parents[2] / "deploy" / "overlays" / "ha"
 PEERING_CRDS = ("clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev")
-TAKEOVER_LIMIT = 90.0
+TAKEOVER_LIMIT = 45.0
+LIFETIME = 15
 
 
 def kubectl(kubeconfig: Path, *args: str, stdin: str | None = None,
@@ -135,7 +136,7 @@ def test_one_peer_acts_and_the_other_takes_over_after_sigkill(
         peering: str, start_operator: Any, attachments: Attachments, workspace: Workspace,
         emulator: Any, installed: Any, namespace: str) -> None:
     mark = emulator.requests()[-1]["seq"] if emulator.requests() else 0
-    env = {"BCO_PEERING": peering}
+    env = {"BCO_PEERING": peering, "BCO_PEERING_LIFETIME": str(LIFETIME)}
     first: OperatorProcess = start_operator(POD_ID="peer-a", **env)
     wait_for(lambda: not paused(first), timeout=30, message="peer-a active while alone")
     second: OperatorProcess = start_operator(POD_ID="peer-b", **env)
