@@ -144,9 +144,9 @@ def summary(emulator: EmulatorProcess) -> None:
 NEXT_STEPS = """
 Next: run it against a real cluster and Azure
   1. kubectl apply -k deploy/            # CRD, RBAC, the operator Deployment
-  2. Give the operator an identity with the role described in README.md
-     ("Install on a real cluster": workload identity, Contributor on the workspace
-     and Reader on the Batch account), and fill in the ServiceAccount's client id.
+  2. Give the operator an identity (README.md, "Install on a real cluster": workload
+     identity, AzureML Compute Operator + Reader on the workspace, read and listKeys on
+     the Batch account) and put its client id on the ServiceAccount.
   3. kubectl apply -f deploy/samples/attach-by-account-name.yaml  (edit ids first)
   Or run it locally against your current kubeconfig: make run
 """
