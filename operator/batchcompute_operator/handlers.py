@@ -1,6 +1,6 @@
 """kopf wiring: thin handlers that hand a plain view of the resource to the service.
 
-Write budget per attach (see README, "Kubernetes writes"): kopf adds the finalizer (1),
+Write budget per attach (README, "Performance"): kopf adds the finalizer (1),
 the create handler stores the operation in flight together with kopf's diff-base, both in
 status (1), the poll timer stores the result (1), and two events. Timers and resume
 handlers return None and patch only what changed, so idle resources cost no writes.
