@@ -14,7 +14,7 @@ export PYTHONPATH := $(CURDIR)/operator
 
 .PHONY: help
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
 $(STAMP):
 	@command -v $(PYTHON) >/dev/null || { apt-get update -qq && apt-get install -y -qq python3 python3-venv; }
@@ -65,7 +65,8 @@ deploy: ## install CRD, RBAC and the operator into the current cluster
 	kubectl apply -k deploy/
 
 .PHONY: undeploy
-undeploy: ## remove the operator (the CRD goes last; attachments are detached first)
+undeploy: ## detach every attachment (the operator still running), then remove the operator
+	kubectl delete bca --all --all-namespaces --wait=true --timeout=600s
 	kubectl delete -k deploy/default --ignore-not-found
 
 .PHONY: e2e
