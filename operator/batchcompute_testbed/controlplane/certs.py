@@ -11,6 +11,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from batchcompute_testbed.pki import new_ca
+
 _VALIDITY = datetime.timedelta(days=7)
 _BACKDATE = datetime.timedelta(minutes=5)
 
@@ -57,37 +59,8 @@ class ClientCA:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.cert_file = directory / "client-ca.crt"
-        self._key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name(
-            [x509.NameAttribute(NameOID.COMMON_NAME, "batchcompute-testbed-client-ca")]
-        )
-        now = datetime.datetime.now(datetime.UTC)
-        self._name = name
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(self._key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _BACKDATE)
-            .not_valid_after(now + _VALIDITY)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .sign(self._key, hashes.SHA256())
-        )
+        cert, self._key = new_ca("batchcompute-testbed-client-ca", _VALIDITY)
+        self._name = cert.subject
         self.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
     def issue(self, user: str, groups: tuple[str, ...], stem: str) -> ClientCertificate:
