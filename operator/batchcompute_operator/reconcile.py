@@ -129,6 +129,20 @@ def _attach(spec: AttachmentSpec, why: str, events: list[Event]) -> Decision:
     )
 
 
+def _pending(observed: Observed) -> Decision | None:
+    """Ask the operation URL until asked, wait while it runs; None once it ended or expired."""
+    if not observed.operation_checked:
+        return Decision(Action.CHECK_OPERATION)
+    if observed.operation is not None and not observed.operation.done:
+        return Decision(Action.WAIT)
+    return None
+
+
+def _ended_badly(observed: Observed) -> OperationStatus | None:
+    result = observed.operation
+    return result if result is not None and result.status in ("Failed", "Canceled") else None
+
+
 def _failed(view: ComputeView, op: OperationStatus | None, kind: str) -> Decision:
     errors = [e.as_status() for e in view.provisioning_errors]
     if not errors and op is not None and op.error is not None:
@@ -170,28 +184,27 @@ def decide_attach(spec: AttachmentSpec | SpecError, owner: Owner, status: Mappin
     events: list[Event] = []
 
     if op is not None and op.get("kind") == "Detach":
-        if view is not None and view.provisioning_state == "Deleting":
-            return Decision(Action.WAIT)
-        if view is not None and not observed.operation_checked:
-            return Decision(Action.CHECK_OPERATION)
-        if view is not None and observed.operation is not None and not observed.operation.done:
-            return Decision(Action.WAIT)
-        if view is not None and observed.operation is not None and \
-                observed.operation.status in ("Failed", "Canceled"):
-            return _failed(view, observed.operation, "Detach")
-        if view is None:
+        if view is not None:
+            if view.provisioning_state == "Deleting":
+                return Decision(Action.WAIT)
+            pending = _pending(observed)
+            if pending is not None:
+                return pending
+            failed = _ended_badly(observed)
+            if failed is not None:
+                return _failed(view, failed, "Detach")
+        else:
             events.append(Event("Normal", "Detached",
                                 f"detached {status.get('clusterResourceId')} before re-attaching"))
         # Detached (or ARM says done): carry on below as if nothing were in flight.
 
     elif op is not None and op.get("kind") == "Attach":
         if view is None:
-            if not observed.operation_checked:
-                return Decision(Action.CHECK_OPERATION)
-            result = observed.operation
-            if result is not None and not result.done:
-                return Decision(Action.WAIT)
-            if result is not None and result.status in ("Failed", "Canceled"):
+            pending = _pending(observed)
+            if pending is not None:
+                return pending
+            result = _ended_badly(observed)
+            if result is not None:
                 detail = result.error.as_status() if result.error else {
                     "code": result.status, "message": f"the attach operation ended {result.status}"}
                 message = f"{detail['code']}: {detail['message']}"
@@ -278,12 +291,11 @@ def decide_detach(target_id: str | None, policy: str, owner: Owner, status: Mapp
     if view.provisioning_state in ("Creating", "Updating", "Deleting"):
         return Decision(Action.WAIT)  # let the running operation finish, then detach
     if op is not None and op.get("kind") == "Detach":
-        if not observed.operation_checked:
-            return Decision(Action.CHECK_OPERATION)
-        result = observed.operation
-        if result is not None and not result.done:
-            return Decision(Action.WAIT)
-        if result is not None and result.status in ("Failed", "Canceled"):
+        pending = _pending(observed)
+        if pending is not None:
+            return pending
+        result = _ended_badly(observed)
+        if result is not None:
             failed = _failed(view, result, "Detach")
             failed.status["operation"] = None  # the next attempt sends a fresh DELETE
             return failed
