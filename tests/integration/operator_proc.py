@@ -195,6 +195,13 @@ class Workspace:
         })
         return ws
 
+    def spec(self, **extra: Any) -> dict[str, Any]:
+        """A BatchComputeAttachment spec for this workspace and its Batch account."""
+        return {"workspace": self.ref,
+                "batchAccount": {"resourceGroup": self.batch_resource_group,
+                                 "accountName": self.account},
+                **extra}
+
     @property
     def ref(self) -> dict[str, str]:
         return {"subscriptionId": self.subscription, "resourceGroup": self.resource_group,

@@ -12,11 +12,6 @@ from operator_proc import Attachments, Workspace
 from waiting import wait_for
 
 
-def spec_for(ws: Workspace) -> dict[str, Any]:
-    return {"workspace": ws.ref,
-            "batchAccount": {"resourceGroup": ws.batch_resource_group, "accountName": ws.account}}
-
-
 def test_api_server_restart_mid_attach_loses_no_transition(
         start_operator: Any, attachments: Attachments, workspace: Workspace,
         emulator: Any, controlplane: Any) -> None:
@@ -25,15 +20,15 @@ def test_api_server_restart_mid_attach_loses_no_transition(
     try:
         seq = (emulator.requests() or [{"seq": 0}])[-1]["seq"]
         operator = start_operator()
-        attachments.create("steady", spec_for(workspace))
+        attachments.create("steady", workspace.spec())
         attachments.wait_condition("steady", "True")
-        attachments.create("inflight", spec_for(workspace))
+        attachments.create("inflight", workspace.spec())
         wait_for(lambda: "inflight" in workspace.computes(emulator), message="PUT sent")
         downtime = plane.restart_apiserver()
         # The attach finishes while the operator reconnects; its result must still land.
         attachments.wait_condition("inflight", "True", timeout=60)
         # And the watch works again for resources created after the restart.
-        attachments.create("after", spec_for(workspace))
+        attachments.create("after", workspace.spec())
         attachments.wait_condition("after", "True", timeout=60)
     finally:
         emulator.set_config({"operation_seconds": 1})

@@ -22,10 +22,6 @@ def writes(calls: list[dict[str, Any]], method: str | None = None) -> list[dict[
     return [c for c in calls if c["method"] in ((method,) if method else ("PUT", "DELETE"))]
 
 
-def spec_for(ws: Workspace, **extra: Any) -> dict[str, Any]:
-    return {"workspace": ws.ref,
-            "batchAccount": {"resourceGroup": ws.batch_resource_group, "accountName": ws.account},
-            **extra}
 
 
 def test_attach_by_account_name_then_detach_on_delete(
@@ -33,7 +29,7 @@ def test_attach_by_account_name_then_detach_on_delete(
         emulator: Any) -> None:
     seq = emulator.requests()[-1]["seq"] if emulator.requests() else 0
     start_operator()
-    attachments.create("mybatch", spec_for(workspace, description="team batch pool",
+    attachments.create("mybatch", workspace.spec(description="team batch pool",
                                            tags={"team": "ml"}))
     obj = attachments.wait_condition("mybatch", "True", reason="Attached")
 
@@ -102,7 +98,7 @@ def test_schema_rejects_invalid_specs(installed: Any, attachments: Attachments,
                                       workspace: Workspace, spec_patch: dict[str, Any],
                                       fragment: str) -> None:
     with pytest.raises(ApiException) as err:
-        attachments.create("invalid", {**spec_for(workspace), **spec_patch})
+        attachments.create("invalid", {**workspace.spec(), **spec_patch})
     assert err.value.status == 422
     assert fragment in err.value.body
 
@@ -158,7 +154,7 @@ def test_existing_attachment_of_the_same_account_is_adopted(
              == "Succeeded", message="pre-existing attachment")
     seq = emulator.requests()[-1]["seq"]
     start_operator()
-    attachments.create("legacy", spec_for(workspace))
+    attachments.create("legacy", workspace.spec())
     attachments.wait_condition("legacy", "True", reason="Attached")
     puts = writes(Workspace.calls(emulator, seq), "PUT")
     # One PUT to record ownership on the compute; same account, nothing re-pointed.
@@ -178,7 +174,7 @@ def test_conflicting_compute_is_left_untouched(
         assert resp.status_code == 201
     seq = emulator.requests()[-1]["seq"]
     start_operator()
-    attachments.create("taken", spec_for(workspace))
+    attachments.create("taken", workspace.spec())
     attachments.wait_condition("taken", "False", reason="Conflict")
     message = attachments.condition("taken", "Stalled")["message"]
     assert "someoneelses" in message
@@ -194,7 +190,7 @@ def test_orphan_policy_leaves_the_attachment(
         start_operator: Any, attachments: Attachments, workspace: Workspace,
         emulator: Any) -> None:
     start_operator()
-    attachments.create("keepme", spec_for(workspace, deletionPolicy="Orphan"))
+    attachments.create("keepme", workspace.spec(deletionPolicy="Orphan"))
     attachments.wait_condition("keepme", "True")
     seq = emulator.requests()[-1]["seq"]
     attachments.delete("keepme")
@@ -209,7 +205,7 @@ def test_delete_while_attach_is_in_flight_ends_detached(
     emulator.set_config({"operation_seconds": 3})
     try:
         start_operator()
-        attachments.create("hasty", spec_for(workspace))
+        attachments.create("hasty", workspace.spec())
         wait_for(lambda: "hasty" in workspace.computes(emulator), message="PUT sent")
         attachments.delete("hasty")
         attachments.wait_gone("hasty", timeout=45)
@@ -225,7 +221,7 @@ def test_restart_mid_operation_converges_without_a_second_put(
     try:
         seq = emulator.requests()[-1]["seq"]
         first = start_operator()
-        attachments.create("sturdy", spec_for(workspace))
+        attachments.create("sturdy", workspace.spec())
         wait_for(lambda: (attachments.get("sturdy") or {}).get("status", {}).get("operation"),
                  message="operation recorded in status")
         first.kill()
@@ -240,7 +236,7 @@ def test_out_of_band_detach_is_repaired_on_resync(
         start_operator: Any, attachments: Attachments, workspace: Workspace,
         emulator: Any) -> None:
     start_operator()
-    attachments.create("drifty", spec_for(workspace))
+    attachments.create("drifty", workspace.spec())
     attachments.wait_condition("drifty", "True")
     with emulator.arm(emulator.mint_token()) as arm:
         resp = arm.delete(workspace.compute_path("drifty"),
@@ -257,7 +253,7 @@ def test_out_of_band_detach_is_repaired_on_resync(
 def test_kubectl_wait_for_ready(start_operator: Any, attachments: Attachments,
                                 workspace: Workspace, installed: Any) -> None:
     start_operator()
-    attachments.create("waitable", spec_for(workspace))
+    attachments.create("waitable", workspace.spec())
     result = subprocess.run(
         ["kubectl", "--kubeconfig", str(installed.kubeconfig), "-n", attachments.namespace,
          "wait", "--for=condition=Ready", "--timeout=60s", "bca/waitable"],
@@ -281,7 +277,7 @@ def test_spec_change_detaches_the_old_account_and_attaches_the_new(
                                       "name": workspace.account + "b",
                                       "location": "northeurope"}]})
     start_operator()
-    attachments.create("mover", spec_for(workspace))
+    attachments.create("mover", workspace.spec())
     attachments.wait_condition("mover", "True")
     seq = emulator.requests()[-1]["seq"]
     attachments.patch_spec("mover", {"batchAccount": {

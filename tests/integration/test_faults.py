@@ -58,10 +58,6 @@ def last_seq(emulator: Any) -> int:
     return int(entries[-1]["seq"]) if entries else 0
 
 
-def spec_for(ws: Workspace, **extra: Any) -> dict[str, Any]:
-    return {"workspace": ws.ref,
-            "batchAccount": {"resourceGroup": ws.batch_resource_group, "accountName": ws.account},
-            **extra}
 
 
 def compute_regex(ws: Workspace, name: str) -> str:
@@ -162,7 +158,7 @@ def test_throttled_attach_waits_retry_after_reports_throttled_and_converges(
     start_operator()
     emulator.add_fault({**_attach_side_fault(step, workspace, "throttled"), "count": None,
                         "action": {"status": 429, "retry_after": RETRY_AFTER}})
-    attachments.create("throttled", spec_for(workspace))
+    attachments.create("throttled", workspace.spec())
     wait_reason(attachments, "throttled", "Throttled", timeout=THROTTLE_WAIT)
     emulator.clear_faults()
     attachments.wait_condition("throttled", "True", reason="Attached", timeout=30)
@@ -182,7 +178,7 @@ def test_throttled_detach_waits_retry_after_and_detaches_once(
         start_operator: Any, attachments: Attachments, workspace: Workspace,
         emulator: Any) -> None:
     start_operator()
-    attachments.create("slowdel", spec_for(workspace))
+    attachments.create("slowdel", workspace.spec())
     attachments.wait_condition("slowdel", "True")
     mark = last_seq(emulator)
     emulator.add_fault({"method": "DELETE", "path_regex": compute_regex(workspace, "slowdel"),
@@ -207,7 +203,7 @@ def test_throttled_operation_poll_waits_retry_after(
     operation ARM canceled leaves the compute as it was. Throttling on that read is waited
     out; the operator then learns the detach was canceled and detaches again."""
     start_operator()
-    attachments.create("opthrottle", spec_for(workspace))
+    attachments.create("opthrottle", workspace.spec())
     attachments.wait_condition("opthrottle", "True")
     mark = last_seq(emulator)
     emulator.add_fault({"method": "DELETE", "path_regex": compute_regex(workspace, "opthrottle"),
@@ -242,7 +238,7 @@ def test_throttled_resync_keeps_a_ready_resource_ready(
     failure changes no status field and posts no second event, so the rounds are counted in
     the operator's log (one warning per round)."""
     proc = start_operator()
-    attachments.create("steady", spec_for(workspace))
+    attachments.create("steady", workspace.spec())
     attachments.wait_condition("steady", "True", reason="Attached")
     ready_since = attachments.condition("steady")["lastTransitionTime"]
     mark = last_seq(emulator)
@@ -314,7 +310,7 @@ def test_transient_failure_at_each_step_converges_with_one_effective_write(
     fault = {**_step_fault(step, workspace, "flaky"), "count": 1, "action": action}
     if step != "delete":
         emulator.add_fault(fault)
-    attachments.create("flaky", spec_for(workspace))
+    attachments.create("flaky", workspace.spec())
     attachments.wait_condition("flaky", "True", reason="Attached", timeout=30)
     if step == "delete":
         emulator.add_fault(fault)
@@ -354,7 +350,7 @@ def test_attach_operation_that_ends_badly_is_reported_then_retried(
     emulator.add_fault({"method": "PUT", "path_regex": compute_regex(workspace, "doomed"),
                         "action": {"operation_result": result, "code": "InjectedOutcome",
                                    "message": f"the attach was {result.lower()} on purpose"}})
-    attachments.create("doomed", spec_for(workspace))
+    attachments.create("doomed", workspace.spec())
     obj = attachments.wait_condition("doomed", "False", reason="AttachFailed", timeout=20)
     status = obj["status"]
     assert status["provisioningState"] == result, status
@@ -378,7 +374,7 @@ def test_detach_operation_that_ends_badly_is_reported_then_retried(
         result: str, start_operator: Any, attachments: Attachments, workspace: Workspace,
         emulator: Any) -> None:
     start_operator()
-    attachments.create("clingy", spec_for(workspace))
+    attachments.create("clingy", workspace.spec())
     attachments.wait_condition("clingy", "True")
     mark = last_seq(emulator)
     emulator.add_fault({"method": "DELETE", "path_regex": compute_regex(workspace, "clingy"),
@@ -408,7 +404,7 @@ def test_expired_detach_operation_url_is_decided_from_the_compute(
     """The detach failed and its operation URL answers 404 (expired): the operator does not
     stall on the lost operation; it reads the compute (still attached) and detaches again."""
     start_operator()
-    attachments.create("expired", spec_for(workspace))
+    attachments.create("expired", workspace.spec())
     attachments.wait_condition("expired", "True")
     mark = last_seq(emulator)
     emulator.add_fault({"method": "DELETE", "path_regex": compute_regex(workspace, "expired"),
@@ -437,7 +433,7 @@ def test_expired_attach_operation_url_is_decided_from_the_compute(
     emulator.set_config({"operation_seconds": 4})
     mark = last_seq(emulator)
     start_operator()
-    attachments.create("vanish", spec_for(workspace))
+    attachments.create("vanish", workspace.spec())
     wait_for(lambda: (attachments.get("vanish") or {}).get("status", {}).get("operation"),
              message="operation recorded in status")
     emulator.add_fault({"method": "GET", "kind": "operation", "count": None,
@@ -472,7 +468,7 @@ def test_sigkill_between_put_and_first_poll_converges_with_one_put(
     emulator.set_config({"operation_seconds": 4})
     mark = last_seq(emulator)
     first = start_operator()
-    attachments.create("abrupt", spec_for(workspace))
+    attachments.create("abrupt", workspace.spec())
     put = wait_for(lambda: next((c for c in writes_to(emulator.requests(mark), workspace,
                                                        "abrupt", "PUT")
                                  if c["status"] is not None), None),
@@ -496,7 +492,7 @@ def test_sigkill_after_the_first_poll_of_an_attach_converges_with_one_put(
     emulator.set_config({"operation_seconds": 4})
     mark = last_seq(emulator)
     first = start_operator()
-    attachments.create("midway", spec_for(workspace))
+    attachments.create("midway", workspace.spec())
     put = wait_for(lambda: next(iter(writes_to(emulator.requests(mark), workspace, "midway",
                                                "PUT")), None), message="PUT sent")
     assert put is not None
@@ -515,7 +511,7 @@ def test_sigkill_during_detach_converges_with_one_delete(
         start_operator: Any, attachments: Attachments, workspace: Workspace,
         emulator: Any) -> None:
     first = start_operator()
-    attachments.create("parting", spec_for(workspace))
+    attachments.create("parting", workspace.spec())
     attachments.wait_condition("parting", "True")
     emulator.set_config({"operation_seconds": 4})
     mark = last_seq(emulator)
@@ -545,7 +541,7 @@ def test_failing_identity_endpoint_reports_authentication_failed_then_recovers(
     set_identity(emulator, fail=True, status=500)
     mark = last_seq(emulator)
     proc = start_operator()
-    attachments.create("noauth", spec_for(workspace))
+    attachments.create("noauth", workspace.spec())
     obj = attachments.wait_condition("noauth", "False", reason="AuthenticationFailed",
                                      timeout=40)
     message = attachments.condition("noauth")["message"]
@@ -578,7 +574,7 @@ def test_token_expiring_mid_operation_reports_authentication_failed_then_recover
     proc = start_operator(BCO_CREDENTIAL="static-file", BCO_STATIC_TOKEN_FILE=str(token_file))
     short = emulator.mint_token(expires_in=6)
     token_file.write_text(short + "\n")
-    attachments.create("shortlived", spec_for(workspace))
+    attachments.create("shortlived", workspace.spec())
     wait_for(lambda: effective(writes_to(emulator.requests(mark), workspace, "shortlived",
                                          "PUT")), message="PUT accepted")
     expired = emulator.mint_token(expires_in=-60)
@@ -612,7 +608,7 @@ def test_twenty_resources_deleted_while_attaching_release_every_finalizer(
     mark = last_seq(emulator)
     start_operator()
     for name in names:
-        attachments.create(name, spec_for(workspace))
+        attachments.create(name, workspace.spec())
     wait_for(lambda: len([c for c in emulator.requests(mark) if c["method"] == "PUT"]) >= 10,
              message="half of the PUTs sent")
     started = time.monotonic()
@@ -662,7 +658,7 @@ def test_foreign_operation_url_is_reported_and_never_followed(
                                             "name": "lured", "properties": {
                                                 "computeType": "Batch",
                                                 "provisioningState": "Creating"}}}})
-    attachments.create("lured", spec_for(workspace))
+    attachments.create("lured", workspace.spec())
 
     def reported() -> tuple[str, str] | None:
         errors = (attachments.get("lured") or {}).get("status", {}).get("provisioningErrors")

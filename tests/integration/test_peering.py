@@ -122,9 +122,6 @@ def wrote_status_of(proc: OperatorProcess, compute: str) -> bool:
                for line in proc.log().splitlines())
 
 
-def spec_for(ws: Workspace) -> dict[str, Any]:
-    return {"workspace": ws.ref,
-            "batchAccount": {"resourceGroup": ws.batch_resource_group, "accountName": ws.account}}
 
 
 def puts_for(calls: list[dict[str, Any]], ws: Workspace, name: str) -> list[dict[str, Any]]:
@@ -152,7 +149,7 @@ def test_one_peer_acts_and_the_other_takes_over_after_sigkill(
     wait_for(lambda: paused(standby) and not paused(active), timeout=30,
              message=f"{active_id} active, the other paused")
 
-    attachments.create("first", spec_for(workspace))
+    attachments.create("first", workspace.spec())
     attachments.wait_condition("first", "True", reason="Attached", timeout=30)
     assert wrote_status_of(active, "first")
     assert not ran_handlers(standby), "the paused peer ran a handler"
@@ -160,7 +157,7 @@ def test_one_peer_acts_and_the_other_takes_over_after_sigkill(
 
     active.kill()
     killed_at = time.monotonic()
-    attachments.create("second", spec_for(workspace))
+    attachments.create("second", workspace.spec())
     attachments.wait_condition("second", "True", reason="Attached", timeout=TAKEOVER_LIMIT)
     takeover = time.monotonic() - killed_at
     assert not paused(standby), "the survivor logged no resume"

@@ -18,10 +18,6 @@ from waiting import wait_for
 SECRET_VALUE = "s3cr3t-" + uuid.uuid4().hex  # must never show up in logs, events or status
 
 
-def spec_for(ws: Workspace, **extra: Any) -> dict[str, Any]:
-    return {"workspace": ws.ref,
-            "batchAccount": {"resourceGroup": ws.batch_resource_group, "accountName": ws.account},
-            **extra}
 
 
 def last_seq(emulator: Any) -> int:
@@ -36,8 +32,8 @@ def test_workspace_policy_limits_what_a_namespace_may_target(
     policy = {attachments.namespace: [f"{allowed.subscription}/{allowed.resource_group}/*"]}
     seq = last_seq(emulator)
     start_operator(BCO_WORKSPACE_POLICY=json.dumps(policy))
-    attachments.create("denied", spec_for(workspace))
-    attachments.create("allowed", spec_for(allowed))
+    attachments.create("denied", workspace.spec())
+    attachments.create("allowed", allowed.spec())
     attachments.wait_condition("allowed", "True")
     attachments.wait_condition("denied", "False", reason="WorkspaceNotAllowed")
     message = attachments.condition("denied", "Stalled")["message"]
@@ -54,7 +50,7 @@ def test_secret_in_another_namespace_is_refused_before_any_call(
         emulator: Any) -> None:
     seq = last_seq(emulator)
     start_operator()
-    attachments.create("borrower", spec_for(workspace, credentials={
+    attachments.create("borrower", workspace.spec(credentials={
         "secretRef": {"name": "azure-identity", "namespace": "kube-system"}}))
     attachments.wait_condition("borrower", "False", reason="InvalidSpec")
     assert "own namespace" in attachments.condition("borrower", "Stalled")["message"]
@@ -72,7 +68,7 @@ def test_namespace_identity_needs_an_explicit_grant_and_never_leaks(
                        "clientId": "00000000-0000-0000-0000-0000000000bb",
                        "clientSecret": SECRET_VALUE}})
     operator = start_operator(AZURE_AUTHORITY_HOST=emulator.arm_url)
-    attachments.create("own-id", spec_for(workspace, credentials={
+    attachments.create("own-id", workspace.spec(credentials={
         "secretRef": {"name": "azure-identity"}}))
 
     # Without a grant in this namespace the operator cannot read the Secret, and says how.
