@@ -24,8 +24,6 @@ class Submitted:
     """ARM accepted a PUT/DELETE; `url` is the operation to watch (None: already done)."""
 
     url: str | None
-    retry_after: float | None
-    compute: ComputeView | None = None
 
 
 class WorkspaceApi:
@@ -94,7 +92,7 @@ class WorkspaceApi:
         payload = {"location": location, "tags": dict(tags), "properties": properties}
         resp = await self.client.call("PUT", self.client.url_for(spec.compute_id),
                                       spec.workspace.subscription_id, body=payload, token=auth)
-        return self._submitted(resp.headers, parse_compute(resp.body))
+        return self._submitted(resp.headers)
 
     async def delete_compute(self, ws: WorkspaceRef, name: str,
                              auth: TokenGetter | None = None) -> Submitted:
@@ -105,18 +103,17 @@ class WorkspaceApi:
             resp = await self.client.call("DELETE", url, ws.subscription_id, token=auth)
         except ArmError as err:
             if err.status == 404:
-                return Submitted(None, None)
+                return Submitted(None)
             raise
         if resp.status == 204:
-            return Submitted(None, None)
-        return self._submitted(resp.headers, None)
+            return Submitted(None)
+        return self._submitted(resp.headers)
 
-    def _submitted(self, headers: Mapping[str, str], compute: ComputeView | None) -> Submitted:
+    def _submitted(self, headers: Mapping[str, str]) -> Submitted:
         url = headers.get("Azure-AsyncOperation") or headers.get("Location")
         if url:
             self.client.checked(url)  # refuse a foreign operation URL now, not at the first poll
-        retry = headers.get("Retry-After")
-        return Submitted(url or None, float(retry) if retry and retry.isdigit() else None, compute)
+        return Submitted(url or None)
 
     async def operation(self, url: str, subscription: str,
                         auth: TokenGetter | None = None) -> OperationStatus | None:
