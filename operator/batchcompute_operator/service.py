@@ -193,9 +193,10 @@ class AttachmentService:
         snap = await self.observer.snapshot(ws, self._not_before(res.uid, trigger), auth)
         return Observed(snap.get(name))
 
-    async def _check_operation(self, res: ResourceView, observed: Observed,
+    async def _check_operation(self, status: Mapping[str, Any], observed: Observed,
                                subscription: str, auth: TokenGetter | None) -> Observed:
-        op = res.status.get("operation")
+        """Ask ARM about the operation recorded in `status`, for what the LIST cannot tell."""
+        op = status.get("operation")
         url = op.get("url") if isinstance(op, Mapping) else None
         result = await self.api.operation(url, subscription, auth) \
             if isinstance(url, str) and url else None
@@ -208,7 +209,7 @@ class AttachmentService:
         resync = trigger is Trigger.RESYNC
         decision = decide_attach(spec, res.owner, res.status, observed, resync=resync)
         if decision.action is Action.CHECK_OPERATION:
-            observed = await self._check_operation(res, observed,
+            observed = await self._check_operation(res.status, observed,
                                                    spec.workspace.subscription_id, auth)
             decision = decide_attach(spec, res.owner, res.status, observed, resync=resync)
         if decision.action is Action.PUT:
@@ -339,8 +340,7 @@ class AttachmentService:
                 decision = decide_detach(target_id, str(policy), res.owner, status, observed)
                 if decision.action is Action.CHECK_OPERATION and target is not None:
                     observed = await self._check_operation(
-                        ResourceView(res.namespace, res.name, res.uid, res.generation, res.spec,
-                                     status), observed, target[0].subscription_id, auth)
+                        status, observed, target[0].subscription_id, auth)
                     decision = decide_detach(target_id, str(policy), res.owner, status, observed)
                 events += decision.events
                 if decision.action is Action.RELEASE:
