@@ -9,6 +9,7 @@ handlers return None and patch only what changed, so idle resources cost no writ
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 from collections.abc import Mapping
@@ -123,6 +124,15 @@ async def cleanup(memo: Any, **_: Any) -> None:
     runtime = getattr(memo, "runtime", None)
     if runtime is not None:
         await runtime.close()
+
+
+@kopf.on.probe(id="arm")
+def arm_calls(memo: Any, **_: Any) -> dict[str, float]:
+    """What this process has asked of ARM, on the liveness endpoint (`/healthz`)."""
+    runtime: Runtime | None = getattr(memo, "runtime", None)
+    if runtime is None:
+        return {}
+    return {**dataclasses.asdict(runtime.client.stats), "lists": runtime.observer.lists}
 
 
 @kopf.on.create(*RESOURCE)

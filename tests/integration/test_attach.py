@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 from typing import Any
 
+import httpx
 import pytest
 from kubernetes.client.exceptions import ApiException
 from operator_proc import Attachments, Workspace
@@ -28,7 +29,7 @@ def test_attach_by_account_name_then_detach_on_delete(
         start_operator: Any, attachments: Attachments, workspace: Workspace,
         emulator: Any) -> None:
     seq = emulator.requests()[-1]["seq"] if emulator.requests() else 0
-    start_operator()
+    operator = start_operator()
     attachments.create("mybatch", workspace.spec(description="team batch pool",
                                            tags={"team": "ml"}))
     obj = attachments.wait_condition("mybatch", "True", reason="Attached")
@@ -57,6 +58,11 @@ def test_attach_by_account_name_then_detach_on_delete(
     assert puts[0]["body"]["tags"]["team"] == "ml"
     assert puts[0]["query"]["api-version"] == "2020-02-02"
     attach_calls = len(calls)
+    # The liveness endpoint reports what the process asked of ARM.
+    health = httpx.get(f"http://127.0.0.1:{operator.health_port}/healthz", timeout=5).json()
+    assert health["arm"]["calls"] >= len(calls)
+    assert health["arm"]["lists"] >= 1
+    assert health["arm"]["throttled"] == 0
 
     detach_seq = emulator.requests()[-1]["seq"]
     attachments.delete("mybatch")
