@@ -15,6 +15,7 @@ from batchcompute_operator.credentials import (
     CredentialsUnavailable,
     NamespaceIdentities,
     SecretData,
+    SecretReader,
     TokenCache,
     build_credential,
 )
@@ -41,7 +42,7 @@ class Runtime:
         await self.identities.close()
 
 
-def kubernetes_secret_reader() -> Any:
+def kubernetes_secret_reader() -> SecretReader:
     """Reads one Secret with the `kubernetes` client, off the event loop.
 
     The operator holds no blanket right to Secrets: a namespace that brings its own identity
