@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
+import secrets
+import socket
 import sys
+from typing import NoReturn
 
 FLAGS = {
     "arm_endpoint": "BCO_ARM_ENDPOINT",
@@ -33,6 +35,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def bad(variable: str, value: str, accepted: str) -> NoReturn:
+    """A setting the operator cannot start with: one line, exit code 2, no traceback."""
+    print(f"batchcompute-operator: {variable}={value!r} is invalid; accepted: {accepted}",
+          file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     for flag, env in FLAGS.items():
@@ -41,32 +50,32 @@ def main(argv: list[str] | None = None) -> None:
             os.environ[env] = value
     if args.allow_insecure_http:
         os.environ["BCO_ALLOW_INSECURE_HTTP"] = "true"
-    level = "DEBUG" if args.verbose else os.environ.get("BCO_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # request lines carry no value here
-    logging.getLogger("azure").setLevel(logging.WARNING)
+    from batchcompute_operator import logs
+
+    level = os.environ.get("BCO_LOG_LEVEL", "INFO").strip().upper() or "INFO"
+    fmt = os.environ.get("BCO_LOG_FORMAT", "text").strip().lower() or "text"
+    if level not in logs.LEVELS:
+        bad("BCO_LOG_LEVEL", level, ", ".join(logs.LEVELS))
+    if fmt not in logs.FORMATS:
+        bad("BCO_LOG_FORMAT", fmt, ", ".join(logs.FORMATS))
+    logs.configure("DEBUG" if args.verbose else level, fmt)
 
     from batchcompute_operator.config import ConfigError, Settings
 
     try:
         settings = Settings.from_env()
     except ConfigError as err:
-        sys.exit(f"batchcompute-operator: {err}")
+        print(f"batchcompute-operator: {err}", file=sys.stderr)
+        sys.exit(2)
 
-    import kopf
+    from batchcompute_operator import handlers  # registers the handlers with kopf
 
-    from batchcompute_operator import handlers  # noqa: F401 - registers the handlers
-
-    kopf.run(
-        clusterwide=not settings.namespaces,
-        namespaces=settings.namespaces,
-        standalone=settings.peering is None,
-        peering_name=settings.peering,
-        liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz"
-        if settings.health_port else None,
-    )
+    host = os.environ.get("POD_NAME") or socket.gethostname()
+    identity = f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
+    # kopf pauses a replica that sees a peer of equal or higher priority: distinct random
+    # priorities make exactly one replica of an HA pair active.
+    priority = secrets.randbelow(1_000_000)
+    handlers.run(settings, identity, priority, settings.namespaces)
 
 
 if __name__ == "__main__":

@@ -72,10 +72,14 @@ class Settings:
     detach_wait: float = 60.0
     retry_min: float = 5.0
     retry_max: float = 300.0
+    failure_retry_min: float = 60.0  # permanent failures: first retry after a minute,
+    failure_retry_max: float = 3600.0  # doubling up to an hour
+    loop_workers: int = 4
     namespaces: tuple[str, ...] = ()
     peering: str | None = None  # None: standalone (one replica); a name: kopf peering for HA
     peering_lifetime: int = 60  # seconds a silent peer counts as alive: the HA handover time
     health_port: int = 8080
+    metrics_port: int = 8081
     pacing: bool = True
     buckets: Mapping[Kind, BucketFigures] = field(default_factory=lambda: dict(ARM_DEFAULTS))
     workspace_policy: WorkspacePolicy = field(default_factory=WorkspacePolicy)
@@ -132,10 +136,14 @@ class Settings:
             detach_wait=_float(env, "BCO_DETACH_WAIT", cls.detach_wait),
             retry_min=_float(env, "BCO_RETRY_MIN", cls.retry_min, 0.1),
             retry_max=_float(env, "BCO_RETRY_MAX", cls.retry_max, 0.1),
+            failure_retry_min=_float(env, "BCO_FAILURE_RETRY_MIN", cls.failure_retry_min, 0.1),
+            failure_retry_max=_float(env, "BCO_FAILURE_RETRY_MAX", cls.failure_retry_max, 0.1),
+            loop_workers=int(_float(env, "BCO_LOOP_WORKERS", cls.loop_workers, 1)),
             namespaces=_list(env, "BCO_NAMESPACES"),
             peering=env.get("BCO_PEERING") or None,
             peering_lifetime=int(_float(env, "BCO_PEERING_LIFETIME", cls.peering_lifetime, 5)),
             health_port=int(_float(env, "BCO_HEALTH_PORT", cls.health_port, 0)),
+            metrics_port=int(_float(env, "BCO_METRICS_PORT", cls.metrics_port, 0)),
             pacing=_bool(env, "BCO_PACING", True),
             buckets=buckets,
         )

@@ -1,64 +1,54 @@
-"""kopf wiring: thin handlers that hand a plain view of the resource to the service.
+"""kopf wiring only: watching, the finalizer, deletion, peering. The engine does the rest.
 
-Write budget per attach (README, "Performance"): kopf adds the finalizer (1),
-the create handler stores the operation in flight together with kopf's diff-base, both in
-status (1), the poll timer stores the result (1), and two events. Timers and resume
-handlers return None and patch only what changed, so idle resources cost no writes.
+kopf hands every watch event to the engine (`observe`), which keeps a small record per
+resource and acts from one loop per workspace: there are no per-object timers or daemons, so
+kopf keeps no body and no task per idle object. kopf's own change detection is not used (the
+engine compares generations), so its diff-base storage writes nothing; the deletion handler
+waits for the engine to detach and lets kopf remove the finalizer.
+
+Write budget per attach (README, "Performance"): kopf adds the finalizer (1); the engine
+acknowledges the generation before any ARM call (1) and records the result (1); two events.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
-import secrets
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import aiohttp
 import kopf
 
 from batchcompute_operator import GROUP, PLURAL, VERSION
-from batchcompute_operator import conditions as cond
 from batchcompute_operator.config import Settings
+from batchcompute_operator.engine.records import FINALIZER
+from batchcompute_operator.health import HealthServer
+from batchcompute_operator.kube.client import Connection
 from batchcompute_operator.runtime import Runtime, build_runtime
-from batchcompute_operator.service import Outcome, ResourceView, Trigger
 
-SETTINGS = Settings.from_env()
 RESOURCE = (GROUP, VERSION, PLURAL)
-EVENT_MESSAGE_MAX = 1000
+log = logging.getLogger(__name__)
 
 
-def needs_poll(status: Mapping[str, Any], **_: Any) -> bool:
-    """An operation is in flight or a retry is pending: poll; otherwise only resync."""
-    if isinstance(status.get("operation"), Mapping):
-        return True
-    reconciling = cond.get(status.get("conditions"), "Reconciling") or {}
-    return reconciling.get("status") == "True"
+class NoDiffBase(kopf.DiffBaseStorage):
+    """kopf's change detection is unused: nothing to build, compare or store per event."""
+
+    def build(self, *, body: kopf.Body,
+              extra_fields: Iterable[Any] | None = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return kopf.BodyEssence()
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
 
 
-def settled(status: Mapping[str, Any], **kwargs: Any) -> bool:
-    return not needs_poll(status, **kwargs)
-
-
-def _view(body: kopf.Body) -> ResourceView:
-    meta = body.get("metadata", {})
-    return ResourceView(
-        namespace=str(meta.get("namespace", "")),
-        name=str(meta.get("name", "")),
-        uid=str(meta.get("uid", "")),
-        generation=int(meta.get("generation", 0) or 0),
-        spec=dict(body.get("spec", {})),
-        status=dict(body.get("status", {})),
-    )
-
-
-def _apply(outcome: Outcome, body: kopf.Body, patch: kopf.Patch) -> None:
-    for key, value in outcome.status_patch.items():
-        patch.status[key] = value
-    for event in outcome.events:
-        kopf.event(body, type=event.type, reason=event.reason,
-                   message=event.message[:EVENT_MESSAGE_MAX])
+def _launch(memo: Any) -> tuple[Settings, str, int]:
+    """Settings, peering identity and priority that `__main__` read once and put in the memo."""
+    settings: Settings = memo.settings
+    return settings, str(memo.identity), int(memo.priority)
 
 
 def _runtime(memo: Any) -> Runtime:
@@ -66,21 +56,31 @@ def _runtime(memo: Any) -> Runtime:
     return runtime
 
 
+async def connection(settings: kopf.OperatorSettings | None = None) -> Connection:
+    """The API server and credentials, resolved the way kopf resolves its own."""
+    info = await asyncio.to_thread(kopf.login_via_client, logger=log,
+                                   settings=settings or kopf.OperatorSettings())
+    if info is None:
+        raise kopf.LoginError("no Kubernetes credentials found (in-cluster or kubeconfig)")
+    return Connection(server=str(info.server), ssl=info.as_ssl_context(),
+                      headers=info.as_http_headers())
+
+
 @kopf.on.login()
-async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
+async def login(memo: Any, **kwargs: Any) -> kopf.AiohttpSession | None:
     """kopf's own discovery of the credentials, on a connection pool of bounded size.
 
-    kopf's default pool is unbounded: a burst of status patches opens one TLS connection per
-    patch in flight, and each costs memory long after the burst. A bounded pool queues them.
+    kopf's default pool is unbounded: a burst of patches opens one TLS connection per patch
+    in flight, and each costs memory long after the burst. A bounded pool queues them.
     """
+    settings, _, _ = _launch(memo)
     info = await asyncio.to_thread(kopf.login_via_client, **kwargs)
     if info is None:
         return None
     session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=SETTINGS.kube_connections,
+        connector=aiohttp.TCPConnector(limit=settings.kube_connections,
                                        ssl=info.as_ssl_context()),
         headers=info.as_http_headers(),
-        auth=info.as_aiohttp_basic_auth(),
     )
     return kopf.AiohttpSession(aiohttp_session=session, server=info.server,
                                default_namespace=info.default_namespace,
@@ -89,77 +89,79 @@ async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
-    settings.persistence.finalizer = f"{GROUP}/finalizer"
-    # kopf's bookkeeping lives in status, so GitOps diffs of metadata stay clean and each
-    # handler cycle is a single status PATCH.
+    config, identity, priority = _launch(memo)
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.diffbase_storage = NoDiffBase()
+    # Retries of the deletion handler keep their progress in status, out of GitOps diffs.
     settings.persistence.progress_storage = kopf.StatusProgressStorage(
         field="status.kopf.progress")
-    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(
-        field="status.kopf.lastHandledConfiguration")
-    settings.posting.level = logging.INFO
-    settings.posting.loggers = False  # only the operator's own events, not every log line
-    settings.peering.standalone = SETTINGS.peering is None
-    if SETTINGS.peering is not None:
-        settings.peering.name = SETTINGS.peering
+    settings.posting.enabled = False  # the engine posts its own events, under its own name
+    settings.posting.reporting_component = "batchcompute-operator"
+    settings.posting.reporting_instance = identity
+    settings.peering.standalone = config.peering is None
+    if config.peering is not None:
+        settings.peering.name = config.peering
         settings.peering.mandatory = True
         # kopf pauses every peer that sees an equal or higher priority; distinct random
         # priorities make exactly one replica active and the others its stand-bys.
-        settings.peering.priority = secrets.randbelow(1_000_000)
-        settings.peering.lifetime = SETTINGS.peering_lifetime
-        settings.peering.clusterwide = not SETTINGS.namespaces
+        settings.peering.priority = priority
+        settings.peering.lifetime = config.peering_lifetime
+        settings.peering.clusterwide = not config.namespaces
     # Serving named namespaces needs no namespace listing (and so no cluster-wide RBAC);
     # the CRD must then exist before the operator starts.
-    settings.scanning.disabled = bool(SETTINGS.namespaces)
-    # A timer whose `when` stops matching (poll -> resync once Ready) is usually still
-    # finishing the very status patch that flipped it; waiting for it here spares kopf's
-    # fallback of re-checking later with a "dummy" status write on every such object.
-    settings.background.instant_exit_timeout = 3.0
+    settings.scanning.disabled = bool(config.namespaces)
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    memo.runtime = build_runtime(SETTINGS)
+    settings.watching.chunk_size = 500  # the start-up listing arrives in pages, not at once
+    settings.queueing.idle_timeout = 1.0  # per-object workers go soon after their last event
+    runtime = build_runtime(config, lambda: connection(settings), identity=identity,
+                            priority=priority)
+    runtime.start()
+    memo.runtime = runtime
+    memo.started = asyncio.Event()
+    memo.health = HealthServer(runtime, started=memo.started)
+    await memo.health.start()
+    memo.started.set()
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: Any, **_: Any) -> None:
-    runtime = getattr(memo, "runtime", None)
+    health: HealthServer | None = getattr(memo, "health", None)
+    if health is not None:
+        await health.stop()
+    runtime: Runtime | None = getattr(memo, "runtime", None)
     if runtime is not None:
         await runtime.close()
 
 
-@kopf.on.probe(id="arm")
-def arm_calls(memo: Any, **_: Any) -> dict[str, float]:
-    """What this process has asked of ARM, on the liveness endpoint (`/healthz`)."""
-    runtime: Runtime | None = getattr(memo, "runtime", None)
-    if runtime is None:
-        return {}
-    return {**dataclasses.asdict(runtime.client.stats), "lists": runtime.observer.lists}
+@kopf.on.event(*RESOURCE)
+async def observe(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
+    _runtime(memo).engine.observe(event.get("type"), event["object"])
 
 
-@kopf.on.create(*RESOURCE)
-@kopf.on.update(*RESOURCE, field="spec")
-@kopf.on.resume(*RESOURCE)
-async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
-    outcome = await _runtime(memo).service.reconcile(_view(body), Trigger.CHANGE)
-    _apply(outcome, body, patch)
+def managed(spec: kopf.Spec, **_: Any) -> bool:
+    """Observe-only resources get no finalizer: deleting them never detaches anything."""
+    return bool(spec.get("managementPolicy", "Manage") != "Observe")
 
 
-@kopf.timer(*RESOURCE, interval=SETTINGS.poll_interval, initial_delay=SETTINGS.poll_interval,
-            when=needs_poll)
-async def poll(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
-    outcome = await _runtime(memo).service.reconcile(_view(body), Trigger.POLL)
-    _apply(outcome, body, patch)
+@kopf.on.delete(*RESOURCE, when=managed)
+async def release(body: kopf.Body, memo: Any, **_: Any) -> None:
+    runtime = _runtime(memo)
+    settings = runtime.settings
+    if not await runtime.engine.release(body, wait=settings.detach_wait):
+        raise kopf.TemporaryError("the detach is still in progress",
+                                  delay=settings.poll_interval)
 
 
-@kopf.timer(*RESOURCE, interval=SETTINGS.resync_interval,
-            initial_delay=SETTINGS.resync_interval, when=settled)
-async def resync(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
-    outcome = await _runtime(memo).service.reconcile(_view(body), Trigger.RESYNC)
-    _apply(outcome, body, patch)
-
-
-@kopf.on.delete(*RESOURCE)
-async def detach(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
-    outcome = await _runtime(memo).service.detach(_view(body))
-    _apply(outcome, body, patch)
-    if not outcome.done:
-        raise kopf.TemporaryError("detach still in progress", delay=outcome.retry_in or 5)
+def run(settings: Settings, identity: str, priority: int,
+        namespaces: Collection[str]) -> None:
+    """Start kopf with the handlers above; returns when the operator stops."""
+    kopf.run(
+        clusterwide=not namespaces,
+        namespaces=list(namespaces),
+        standalone=settings.peering is None,
+        peering_name=settings.peering,
+        priority=priority,
+        identity=identity,  # type: ignore[arg-type]
+        memo=kopf.Memo(settings=settings, identity=identity, priority=priority),
+    )

@@ -1,15 +1,15 @@
-"""The process-wide objects: one httpx client, one token cache, one pacer, one observer."""
+"""The process-wide objects: one httpx client per remote, one token cache, one pacer, the engine."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 
+from batchcompute_operator import GROUP, PLURAL, VERSION
 from batchcompute_operator.config import Settings
 from batchcompute_operator.credentials import (
     CredentialsUnavailable,
@@ -19,10 +19,13 @@ from batchcompute_operator.credentials import (
     TokenCache,
     build_credential,
 )
-from batchcompute_operator.service import AttachmentService
+from batchcompute_operator.engine.engine import Engine, Services
+from batchcompute_operator.engine.identities import Identities
+from batchcompute_operator.kube.client import Connector, KubeClient, KubeError
+from batchcompute_operator.kube.events import EventPoster
+from batchcompute_operator.kube.peering import PeeringGate
 from batchcompute_operator.workspace.api import WorkspaceApi
-from batchcompute_operator.workspace.client import ArmClient
-from batchcompute_operator.workspace.observer import WorkspaceObserver
+from batchcompute_operator.workspace.client import ArmClient, TokenGetter
 from batchcompute_operator.workspace.pacing import SubscriptionPacer
 
 
@@ -32,60 +35,68 @@ class Runtime:
     http: httpx.AsyncClient
     tokens: TokenCache
     client: ArmClient
-    observer: WorkspaceObserver
-    service: AttachmentService
+    kube: KubeClient
+    events: EventPoster
+    gate: PeeringGate
     identities: NamespaceIdentities
+    engine: Engine
+
+    def start(self) -> None:
+        self.events.start()
+        self.gate.start()
 
     async def close(self) -> None:
+        await self.engine.stop()
+        await self.gate.stop()
+        await self.events.stop()
+        await self.kube.close()
         await self.http.aclose()
         await self.tokens.close()
         await self.identities.close()
 
 
-def kubernetes_secret_reader() -> SecretReader:
-    """Reads one Secret with the `kubernetes` client, off the event loop.
+def secret_reader(kube: KubeClient) -> SecretReader:
+    """Reads one Secret a namespace granted the operator (README, "Per-namespace identities")."""
 
-    The operator holds no blanket right to Secrets: a namespace that brings its own identity
-    grants `get` on that one Secret (README, "Per-namespace identities").
-    """
-    import kubernetes
-
-    clients: list[Any] = []
-    config: Any = kubernetes.config  # untyped module
-
-    def core() -> Any:
-        if not clients:  # only namespaces that bring an identity need the client at all
-            try:
-                config.load_incluster_config()
-            except config.ConfigException:
-                config.load_kube_config()
-            clients.append(kubernetes.client.CoreV1Api())
-        return clients[0]
-
-    def read(namespace: str, name: str) -> SecretData:
+    async def read(namespace: str, name: str) -> SecretData:
+        path = f"/api/v1/namespaces/{namespace}/secrets/{name}"
         try:
-            secret = core().read_namespaced_secret(name, namespace)
-        except kubernetes.client.exceptions.ApiException as exc:
-            if exc.status == 404:
-                raise CredentialsUnavailable(f"Secret {namespace}/{name} does not exist") \
-                    from None
-            if exc.status == 403:
+            body = await kube.get_json(path, missing_ok=True)
+        except KubeError as err:
+            if err.status == 403:
                 raise CredentialsUnavailable(
                     f"the operator may not read Secret {namespace}/{name}: grant it 'get' on "
                     "that Secret with a Role and RoleBinding in this namespace") from None
-            raise CredentialsUnavailable(f"reading Secret {namespace}/{name} failed: "
-                                         f"HTTP {exc.status}") from None
-        data = {k: base64.b64decode(v).decode("utf-8", "replace")
-                for k, v in (secret.data or {}).items()}
-        return str(secret.metadata.resource_version), data
+            raise CredentialsUnavailable(f"reading Secret {namespace}/{name} failed: {err}") \
+                from None
+        if body is None:
+            raise CredentialsUnavailable(f"Secret {namespace}/{name} does not exist")
+        raw = body.get("data") or {}
+        data = {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in raw.items()
+                if isinstance(k, str) and isinstance(v, str)}
+        version = str((body.get("metadata") or {}).get("resourceVersion", ""))
+        return version, data
 
-    async def read_async(namespace: str, name: str) -> SecretData:
-        return await asyncio.to_thread(read, namespace, name)
-
-    return read_async
+    return read
 
 
-def build_runtime(settings: Settings) -> Runtime:
+def peering_paths(settings: Settings) -> Sequence[str]:
+    if settings.peering is None:
+        return ()
+    if not settings.namespaces:
+        return (f"/apis/kopf.dev/v1/clusterkopfpeerings/{settings.peering}",)
+    return tuple(f"/apis/kopf.dev/v1/namespaces/{ns}/kopfpeerings/{settings.peering}"
+                 for ns in settings.namespaces)
+
+
+def resource_path(namespace: str | None = None) -> str:
+    if namespace:
+        return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
+    return f"/apis/{GROUP}/{VERSION}/{PLURAL}"
+
+
+def build_runtime(settings: Settings, connect: Connector, *, identity: str,
+                  priority: int) -> Runtime:
     verify: ssl.SSLContext | bool = True
     if settings.ca_bundle:
         verify = ssl.create_default_context(cafile=settings.ca_bundle)
@@ -102,7 +113,15 @@ def build_runtime(settings: Settings) -> Runtime:
     client = ArmClient(settings.arm_endpoint, settings.api_version, tokens, pacer, http=http,
                        allow_insecure_http=settings.allow_insecure_http)
     api = WorkspaceApi(client)
-    observer = WorkspaceObserver(api)
-    identities = NamespaceIdentities(settings, kubernetes_secret_reader())
-    return Runtime(settings, http, tokens, client, observer,
-                   AttachmentService(settings, api, observer, identities), identities)
+    kube = KubeClient(connect, connections=settings.kube_connections)
+    events = EventPoster(kube, identity)
+    gate = PeeringGate(kube if settings.peering else None, peering_paths(settings), identity,
+                       priority)
+    namespace_identities = NamespaceIdentities(settings, secret_reader(kube))
+
+    async def resolve(namespace: str, secret: str) -> TokenGetter:
+        return await namespace_identities.get(namespace, secret)
+
+    engine = Engine(Services(settings, api, kube, events, gate, Identities(resolve)))
+    return Runtime(settings, http, tokens, client, kube, events, gate, namespace_identities,
+                   engine)

@@ -33,6 +33,7 @@ OWNER_TAG_PREFIX = "batchcompute-operator."
 SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")  # a Kubernetes object name
 
 DeletionPolicy = Literal["Detach", "Orphan"]
+ManagementPolicy = Literal["Manage", "Observe"]
 
 
 class SpecError(ValueError):
@@ -78,6 +79,11 @@ class AttachmentSpec:
     tags: Mapping[str, str] = field(default_factory=dict)
     deletion_policy: DeletionPolicy = "Detach"
     credentials_secret: str | None = None  # a Secret in the resource's own namespace
+    management_policy: ManagementPolicy = "Manage"
+
+    @property
+    def observe_only(self) -> bool:
+        return self.management_policy == "Observe"
 
     @property
     def compute_id(self) -> str:
@@ -246,6 +252,9 @@ def parse_spec(spec: Mapping[str, Any], default_name: str,
     policy = spec.get("deletionPolicy", "Detach")
     if policy not in ("Detach", "Orphan"):
         problems.append(f"deletionPolicy {policy!r} is invalid: Detach or Orphan")
+    management = spec.get("managementPolicy", "Manage")
+    if management not in ("Manage", "Observe"):
+        problems.append(f"managementPolicy {management!r} is invalid: Manage or Observe")
 
     if problems or sub is None or ws_rg is None or ws_name is None or compute is None:
         raise SpecError(problems or ["spec is incomplete"])
@@ -258,9 +267,25 @@ def parse_spec(spec: Mapping[str, Any], default_name: str,
         tags=tags,
         deletion_policy="Orphan" if policy == "Orphan" else "Detach",
         credentials_secret=secret,
+        management_policy="Observe" if management == "Observe" else "Manage",
     )
 
 
 def same_arm_id(a: str | None, b: str | None) -> bool:
     """ARM ids compare case-insensitively."""
     return a is not None and b is not None and a.lower() == b.lower()
+
+
+def parse_compute_id(compute_id: str) -> tuple[WorkspaceRef, str] | None:
+    """A compute id this operator recorded, re-validated before it reaches a URL again."""
+    parts = compute_id.split("/")
+    if len(parts) != 11 or parts[0] or parts[1].lower() != "subscriptions" or \
+            parts[3].lower() != "resourcegroups" or parts[5].lower() != "providers" or \
+            parts[6].lower() != "microsoft.machinelearningservices" or \
+            parts[7].lower() != "workspaces" or parts[9].lower() != "computes":
+        return None
+    sub, rg, ws, name = parts[2], parts[4], parts[8], parts[10]
+    if not (GUID.fullmatch(sub) and RESOURCE_GROUP.fullmatch(rg) and WORKSPACE.fullmatch(ws)
+            and COMPUTE_NAME.fullmatch(name)):
+        return None
+    return WorkspaceRef(sub, rg, ws), name

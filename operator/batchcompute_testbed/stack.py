@@ -144,7 +144,7 @@ def start_operator(kubeconfig: Path, env: Mapping[str, str], log_file: Path,
             [sys.executable, "-m", "batchcompute_operator"], stdin=subprocess.DEVNULL,
             stdout=log, stderr=subprocess.STDOUT,
             env=child_env({"KUBECONFIG": str(kubeconfig), "BCO_HEALTH_PORT": str(port),
-                           **env}))
+                           "BCO_METRICS_PORT": str(free_port()), **env}))
 
     def healthy() -> bool:
         if proc.poll() is not None:

@@ -41,6 +41,7 @@ class OperatorProcess:
     env_overrides: Mapping[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     health_port: int = 0
+    metrics_port: int = 0
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("BCO_", "AZURE_"))}
@@ -61,12 +62,14 @@ class OperatorProcess:
             "BCO_RETRY_MAX": "5",
             "BCO_DETACH_WAIT": "20",
             "BCO_HEALTH_PORT": str(self.health_port),
+            "BCO_METRICS_PORT": str(self.metrics_port),
         })
         env.update(self.env_overrides)
         return env
 
     def start(self) -> OperatorProcess:
         self.health_port = self.health_port or free_port()
+        self.metrics_port = self.metrics_port or free_port()
         log = self.log_file.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "batchcompute_operator", "--verbose"],
@@ -101,6 +104,23 @@ class OperatorProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+    def metrics(self) -> dict[str, list[tuple[dict[str, str], float]]]:
+        """The operator's /metrics, parsed by prometheus-client: sample name -> samples."""
+        import httpx
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+        found: dict[str, list[tuple[dict[str, str], float]]] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                found.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+        return found
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the samples of `name` whose labels include `labels`."""
+        return sum(value for have, value in self.metrics().get(name, [])
+                   if all(have.get(k) == v for k, v in labels.items()))
 
     def log(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
@@ -218,9 +238,11 @@ class Workspace:
 
     @staticmethod
     def calls(emulator: Any, since: int) -> list[dict[str, Any]]:
-        """ARM requests (not token requests) since `since`; tests run one at a time, each with
-        its own operator, so everything after the test's first sequence number is its own."""
-        return [r for r in emulator.requests(since) if not r["path"].startswith("/msi")]
+        """Workspace API requests (not token requests or the operator's token-less readiness
+        probe) since `since`; tests run one at a time, each with its own operator, so
+        everything after the test's first sequence number is its own."""
+        return [r for r in emulator.requests(since) if not r["path"].startswith("/msi")
+                and r["path"] != "/subscriptions"]  # the readiness probe, sent with no token
 
     def computes(self, emulator: Any) -> dict[str, dict[str, Any]]:
         """The computes the emulator holds in this workspace, by name, in ARM's JSON shape."""

@@ -58,11 +58,14 @@ def test_attach_by_account_name_then_detach_on_delete(
     assert puts[0]["body"]["tags"]["team"] == "ml"
     assert puts[0]["query"]["api-version"] == "2020-02-02"
     attach_calls = len(calls)
-    # The liveness endpoint reports what the process asked of ARM.
-    health = httpx.get(f"http://127.0.0.1:{operator.health_port}/healthz", timeout=5).json()
-    assert health["arm"]["calls"] >= len(calls)
-    assert health["arm"]["lists"] >= 1
-    assert health["arm"]["throttled"] == 0
+    # The metrics endpoint reports what the process asked of ARM, as ASO names it.
+    assert operator.metric("azure_successful_requests_total") >= len(calls)
+    assert operator.metric("azure_successful_requests_total", resource="computes",
+                           requestType="PUT", responseCode="201") == 1
+    assert operator.metric("batchcompute_arm_list_pages_count") >= 1
+    assert operator.metric("azure_successful_requests_total", responseCode="429") == 0
+    assert httpx.get(f"http://127.0.0.1:{operator.health_port}/healthz",
+                     timeout=5).json()["ok"] is True
 
     detach_seq = emulator.requests()[-1]["seq"]
     attachments.delete("mybatch")
@@ -138,7 +141,8 @@ def test_attach_of_missing_batch_account_fails_with_the_arm_error(
     start_operator()
     attachments.create("missing", {"workspace": workspace.ref, "batchAccount": {
         "resourceGroup": workspace.batch_resource_group, "accountName": "doesnotexist"}})
-    obj = attachments.wait_condition("missing", "False", reason="AttachFailed")
+    # The Ready reason names ARM's error code; the event says what failed.
+    obj = attachments.wait_condition("missing", "False", reason="ResourceNotFound")
     print(obj["status"])
     status = obj["status"]
     assert status["provisioningState"] == "Failed", status

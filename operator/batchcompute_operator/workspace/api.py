@@ -6,15 +6,16 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from batchcompute_operator.spec import AttachmentSpec, WorkspaceRef
-from batchcompute_operator.workspace.client import ArmClient, TokenGetter
-from batchcompute_operator.workspace.errors import ArmError
-from batchcompute_operator.workspace.models import (
+from batchcompute_operator import metrics
+from batchcompute_operator.compute import (
     ComputeView,
     OperationStatus,
     parse_compute,
     parse_operation,
 )
+from batchcompute_operator.spec import AttachmentSpec, WorkspaceRef
+from batchcompute_operator.workspace.client import ArmClient, TokenGetter
+from batchcompute_operator.workspace.errors import ArmError
 
 MAX_LIST_PAGES = 1000  # a bound against a nextLink loop; 100k computes in one workspace
 
@@ -56,7 +57,7 @@ class WorkspaceApi:
         """Every compute in the workspace, keyed by folded name; follows nextLink on our host."""
         url = self.client.url_for(f"{ws.arm_id}/computes")
         found: dict[str, ComputeView] = {}
-        for _ in range(MAX_LIST_PAGES):
+        for page in range(1, MAX_LIST_PAGES + 1):
             resp = await self.client.call("GET", url, ws.subscription_id, token=auth)
             body = resp.body if isinstance(resp.body, Mapping) else {}
             values = body.get("value")
@@ -69,9 +70,14 @@ class WorkspaceApi:
                     found[view.name.lower()] = view
             next_link = body.get("nextLink")
             if not isinstance(next_link, str) or not next_link:
+                metrics.list_pages.observe(page)
                 return found
             url = self.client.checked(next_link)
         raise ArmError(0, "ListTooLong", "compute list did not end", retryable=False)
+
+    def can_spare_read(self, ws: WorkspaceRef, auth: TokenGetter | None = None) -> bool:
+        """Whether one extra read of this subscription's budget costs nothing that matters."""
+        return self.client.spare(ws.subscription_id, auth, "reads", 0.5)
 
     async def get_compute(self, ws: WorkspaceRef, name: str,
                           auth: TokenGetter | None = None) -> ComputeView | None:

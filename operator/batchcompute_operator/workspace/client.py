@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import httpx
 
+from batchcompute_operator import metrics
 from batchcompute_operator.workspace.errors import (
     ArmError,
     AuthenticationFailed,
@@ -98,6 +100,26 @@ class ArmClient:
         self._read_attempts = read_attempts
         self._max_backoff = max_backoff
         self.stats = CallStats()
+        self.last_answer = 0.0  # monotonic time ARM last answered anything
+        self.reachable = False  # the last request got an HTTP answer (readiness)
+
+    async def probe(self) -> bool:
+        """Is ARM reachable? A request with no token: any HTTP answer (401 included) says yes."""
+        url = self.base.copy_with(path="/subscriptions", params={"api-version": "2022-12-01"})
+        try:
+            await self._http.get(url, headers={"Accept": "application/json"})
+        except httpx.HTTPError:
+            self.reachable = False
+            return False
+        self.last_answer = time.monotonic()
+        self.reachable = True
+        return True
+
+    def spare(self, subscription: str, token: TokenGetter | None, kind: Kind,
+              fraction: float) -> bool:
+        """Whether this budget has more than `fraction` of its tokens left right now."""
+        tokens = token or self._token
+        return self._pacer.level(f"{subscription}|{tokens.key}", kind) > fraction
 
     def url_for(self, path: str) -> httpx.URL:
         """An ARM path (already validated segments) on our host, with our api-version."""
@@ -151,19 +173,32 @@ class ArmClient:
         budget = f"{subscription}|{tokens.key}"
         waited = await self._pacer.acquire(budget, kind)
         self.stats.paced_seconds += waited
+        if waited:
+            metrics.pacing_wait.labels(kind).inc(waited)
         token = await tokens()
         self.stats.calls += 1
+        resource = _resource(url)
+        began = time.monotonic()
         try:
             resp = await self._http.request(
                 method, url, json=body,
                 headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
             )
         except httpx.TimeoutException as exc:
+            metrics.arm_failures.labels(resource, method).inc()
+            self.reachable = False
             raise ArmError(0, "Timeout", f"ARM did not answer in time ({type(exc).__name__})",
                            retryable=True) from None
         except httpx.TransportError as exc:
+            metrics.arm_failures.labels(resource, method).inc()
+            self.reachable = False
             raise ArmError(0, "ConnectionError", f"connection to ARM failed ({type(exc).__name__})",
                            retryable=True) from None
+        finally:
+            metrics.arm_time.labels(resource, method).observe(time.monotonic() - began)
+        metrics.arm_responses.labels(resource, method, str(resp.status_code)).inc()
+        self.last_answer = time.monotonic()
+        self.reachable = True
         retry_after = parse_seconds(resp.headers.get("Retry-After"))
         remaining = resp.headers.get(f"x-ms-ratelimit-remaining-subscription-{kind}")
         self._pacer.observe(
@@ -179,6 +214,20 @@ class ArmClient:
         if resp.status_code >= 400:
             raise error_from_body(resp.status_code, parsed, retry_after)
         return ArmResponse(resp.status_code, parsed, resp.headers)
+
+
+def _resource(url: httpx.URL) -> str:
+    """What kind of ARM resource a URL names, for metric labels (never its name or id)."""
+    parts = [p.lower() for p in url.path.split("/") if p]
+    for kind in ("operationresults", "operationsstatus", "computeoperationsstatus",
+                 "computeoperationsresults"):
+        if any(kind in p for p in parts):
+            return "operations"
+    if "computes" in parts:
+        return "computes"
+    if "workspaces" in parts:
+        return "workspaces"
+    return parts[-1] if len(parts) == 1 else "other"
 
 
 def _json_or_text(resp: httpx.Response) -> Any:

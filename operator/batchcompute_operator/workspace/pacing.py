@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from batchcompute_operator import metrics
+
 Kind = Literal["reads", "writes", "deletes"]
 
 
@@ -41,6 +43,9 @@ class TokenBucket:
         self.updated = time.monotonic()
         self.blocked_until = 0.0
         self._lock = asyncio.Lock()
+
+    def refill(self) -> None:
+        self._refill(time.monotonic())
 
     def _refill(self, now: float) -> None:
         self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
@@ -94,7 +99,23 @@ class SubscriptionPacer:
     async def acquire(self, subscription: str, kind: Kind) -> float:
         if not self._enabled:
             return 0.0
-        return await self.bucket(subscription, kind).acquire()
+        bucket = self.bucket(subscription, kind)
+        waited = await bucket.acquire()
+        self._report(kind)
+        return waited
+
+    def level(self, subscription: str, kind: Kind) -> float:
+        """The fraction of this bucket's capacity left now (1.0 when pacing is off)."""
+        if not self._enabled:
+            return 1.0
+        bucket = self.bucket(subscription, kind)
+        bucket.refill()
+        return bucket.tokens / bucket.capacity
+
+    def _report(self, kind: Kind) -> None:
+        lowest = min((b.tokens for (_, k), b in self._buckets.items() if k == kind),
+                     default=0.0)
+        metrics.pacing_tokens.labels(kind).set(max(0.0, lowest))
 
     def observe(self, subscription: str, kind: Kind, remaining: int | None,
                 retry_after: float | None) -> None:

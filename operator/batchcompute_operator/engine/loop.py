@@ -1,0 +1,621 @@
+"""One loop per (identity, workspace): one paged LIST serves every attachment in it.
+
+A pass acknowledges new generations first (a status write, before any ARM call), then LISTs
+the workspace's computes and hands the members that need a look to a few workers, which
+decide (pure, `reconcile`) and act. While anything is in flight the loop runs at the poll
+interval, otherwise at the resync interval, so drift is acted on in the pass whose LIST shows
+it. Idle members cost nothing between passes: no task, no timer, no write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from batchcompute_operator import metrics
+from batchcompute_operator.compute import ComputeView
+from batchcompute_operator.credentials import CredentialsUnavailable
+from batchcompute_operator.engine.records import API_VERSION, LoopKey, Record
+from batchcompute_operator.kube.client import KubeError
+from batchcompute_operator.kube.events import InvolvedObject
+from batchcompute_operator.logs import resource
+from batchcompute_operator.reconcile import (
+    WAIT,
+    Action,
+    Decision,
+    Event,
+    Failure,
+    Observed,
+    PutKind,
+    Situation,
+    acknowledge,
+    claimed,
+    decide_attach,
+    decide_detach,
+    decide_failure,
+)
+from batchcompute_operator.spec import WorkspaceRef
+from batchcompute_operator.workspace.client import TokenGetter
+from batchcompute_operator.workspace.errors import ArmError, AuthenticationFailed
+
+if TYPE_CHECKING:
+    from batchcompute_operator.engine.engine import Engine
+
+log = logging.getLogger(__name__)
+
+COALESCE = 0.1  # seconds a wake-up waits for more of a burst of creations to arrive
+MIN_GAP = 0.1  # seconds between the starts of two passes, whatever wakes the loop
+KIND = "BatchComputeAttachment"
+
+
+@dataclass(slots=True)
+class Tracking:
+    """What this process knows about one member beyond its status (lost on restart)."""
+
+    submitted: float = 0.0  # when ARM answered our last PUT/DELETE
+    kind: str | None = None  # what that write was: Attach or Detach
+    url: str | None = None  # its operation
+    failures: int = 0
+    retry_at: float = 0.0
+    owed: bool = False  # a status write failed and must be made again
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    started: float  # when the LIST was sent: nothing older than this is missed
+    computes: dict[str, ComputeView]
+
+    def get(self, name: str) -> ComputeView | None:
+        return self.computes.get(name.lower())
+
+
+def utcnow() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class WorkspaceLoop:
+    def __init__(self, engine: Engine, key: LoopKey, workspace: WorkspaceRef | None) -> None:
+        self.engine = engine
+        self.services = engine.services
+        self.settings = engine.settings
+        self.key = key
+        self.workspace = workspace
+        self.members: set[str] = set()
+        self.fresh: set[str] = set()  # to look at in the next pass (new, changed, deleting)
+        self.tracking: dict[str, Tracking] = {}
+        self.snapshot: Snapshot | None = None
+        self.last_full = float("-inf")  # when the last LIST that verified every member began
+        self.last_pass = float("-inf")
+        self.list_retry_at = 0.0
+        self.list_failures = 0
+        self.pass_started: float | None = None
+        self._wake = asyncio.Event()
+        self._queue: deque[str] = deque()
+        self._queued: set[str] = set()
+        self._busy: set[str] = set()
+        self._workers: set[asyncio.Task[None]] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- membership ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"loop {self.describe()}")
+        metrics.workspace_loops.inc()
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._task, *self._workers) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def add(self, uid: str, *, wake: bool) -> None:
+        self.members.add(uid)
+        if wake:
+            self.wake(uid)
+
+    def remove(self, uid: str) -> None:
+        self.members.discard(uid)
+        self.fresh.discard(uid)
+        track = self.tracking.pop(uid, None)
+        if track is not None and track.kind is not None:
+            metrics.operations_in_flight.labels(track.kind).dec()
+        self._wake.set()
+
+    def wake(self, uid: str | None = None) -> None:
+        if uid is not None:
+            self.fresh.add(uid)
+        self._wake.set()
+
+    def describe(self) -> str:
+        ws = "/".join(self.key.workspace) if self.key.workspace else "(no workspace)"
+        return f"{ws} as {self.key.identity or 'operator'}"
+
+    # -- scheduling ----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        clock = self.services.clock
+        try:
+            while True:
+                await self._sleep()
+                if not self.members:
+                    if not self._busy and not self._queue:
+                        self.engine.retire(self)
+                        return
+                    continue
+                await self.services.gate.wait()
+                self.pass_started = clock()
+                try:
+                    await self._pass()
+                except Exception:
+                    log.exception("workspace %s: pass failed", self.describe())
+                    await asyncio.sleep(self.settings.poll_interval)
+                finally:
+                    self.pass_started = None
+        finally:
+            metrics.workspace_loops.dec()
+
+    async def _sleep(self) -> None:
+        clock = self.services.clock
+        gap = self.last_pass + MIN_GAP - clock()
+        if gap > 0:
+            await asyncio.sleep(gap)
+        delay = self._due() - clock()
+        if delay > 0 and not self._wake.is_set():
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            except TimeoutError:
+                return
+        if self._wake.is_set():
+            self._wake.clear()
+            await asyncio.sleep(COALESCE)
+        else:
+            await asyncio.sleep(0)
+
+    def _due(self) -> float:
+        """When the next pass is needed: now, a poll interval, a retry, or the next resync."""
+        now = self.services.clock()
+        if any(uid not in self._busy and uid not in self._queued for uid in self.fresh):
+            return now
+        poll = self.last_pass + self.settings.poll_interval
+        due = self.last_full + self.settings.resync_interval
+        records = self.engine.records
+        for uid in self.members:
+            record = records.get(uid)
+            if record is None:
+                continue
+            track = self.tracking.get(uid)
+            if not record.deleting and not record.acknowledged and uid not in self._busy:
+                if track is None or not track.owed:
+                    return now
+                due = min(due, poll)
+            if record.deleting and not self.engine.is_released(uid):
+                due = min(due, poll)
+            elif track is not None and track.kind is not None:
+                due = min(due, track.submitted + self.settings.poll_interval)
+            elif record.recorded.operation is not None:
+                due = min(due, poll)
+            if track is not None:
+                if track.owed:
+                    due = min(due, poll)
+                if track.failures:
+                    due = min(due, max(track.retry_at, poll))
+        return max(due, self.list_retry_at)
+
+    def _look_due(self, record: Record, now: float) -> bool:
+        if record.uid in self.fresh or record.deleting:
+            return True
+        track = self.tracking.get(record.uid)
+        if track is not None and (track.kind is not None or track.owed or
+                                  (track.failures and track.retry_at <= now)):
+            return True
+        return record.recorded.operation is not None
+
+    # -- one pass ------------------------------------------------------------------------------
+
+    async def _pass(self) -> None:
+        clock = self.services.clock
+        now = self.last_pass = clock()
+        records = self.engine.records
+        members = [r for uid in list(self.members) if (r := records.get(uid)) is not None]
+        # 1. New generations are acknowledged before anything is asked of ARM.
+        unacked = [r for r in members if not r.deleting and not r.acknowledged
+                   and r.uid not in self._busy]
+        if unacked:
+            await self._each(unacked, self._acknowledge)
+            members = [r for uid in list(self.members) if (r := records.get(uid)) is not None]
+        full = now >= self.last_full + self.settings.resync_interval
+        due = [r for r in members if (full or self._look_due(r, now))
+               and (r.acknowledged or r.deleting) and r.uid not in self._busy]
+        if not due:
+            self.fresh.difference_update(r.uid for r in members if r.acknowledged)
+            return
+        # 2. One LIST for all of them, unless only new members need a look and the last
+        #    LIST is recent enough to decide from.
+        if self.workspace is not None:
+            needs_list = full or self.snapshot is None or \
+                any(r.uid not in self.fresh for r in due) or \
+                now - self.snapshot.started > self.settings.observe_max_age
+            if needs_list and not await self._list(due):
+                return
+            if full and self.snapshot is not None:
+                self.last_full = self.snapshot.started
+        # 3. Hand them to the workers, which decide with the newest record and act.
+        for record in due:
+            self.fresh.discard(record.uid)
+            if record.uid not in self._queued:
+                self._queue.append(record.uid)
+                self._queued.add(record.uid)
+        self._spawn_workers()
+
+    async def _each(self, records: Iterable[Record],
+                    step: Callable[[Record], Awaitable[object]]) -> None:
+        limit = asyncio.Semaphore(self.settings.loop_workers)
+
+        async def bounded(record: Record) -> None:
+            async with limit:
+                await step(record)
+
+        await asyncio.gather(*(bounded(r) for r in records))
+
+    async def _list(self, due: list[Record]) -> bool:
+        assert self.workspace is not None
+        clock = self.services.clock
+        started = clock()
+        try:
+            auth = await self._auth()
+            computes = await self.services.api.list_computes(self.workspace, auth)
+        except ArmError as err:
+            self.list_failures += 1
+            failure = classify(err, "list")
+            delay = self._backoff(self.list_failures, err, permanent=not err.retryable)
+            self.list_retry_at = clock() + delay
+            log.warning("workspace %s: listing computes failed: %s (next try in %.0fs)",
+                        self.describe(), describe_failure(failure), delay)
+            if isinstance(err, AuthenticationFailed):
+                self.services.identities.refresh(self.key.identity)
+            tell = due if err.retryable else [r for uid in list(self.members)
+                                                if (r := self.engine.records.get(uid))]
+            await self._each(tell, lambda r: self._report(r, failure))
+            return False
+        self.list_failures = 0
+        self.list_retry_at = 0.0
+        self.snapshot = Snapshot(started, computes)
+        return True
+
+    def _spawn_workers(self) -> None:
+        while self._queue and len(self._workers) < self.settings.loop_workers:
+            task = asyncio.create_task(self._work())
+            self._workers.add(task)
+            task.add_done_callback(self._workers.discard)
+
+    async def _work(self) -> None:
+        clock = self.services.clock
+        gauge = metrics.active_workers.labels(metrics.CONTROLLER)
+        while self._queue:
+            uid = self._queue.popleft()
+            self._queued.discard(uid)
+            if uid not in self.members or uid in self._busy:
+                continue
+            await self.services.gate.wait()
+            self._busy.add(uid)
+            gauge.inc()
+            began = clock()
+            try:
+                result = await self._step(uid)
+            except Exception:
+                log.exception("workspace %s: step for %s failed", self.describe(), uid)
+                result = "error"
+            finally:
+                self._busy.discard(uid)
+                gauge.dec()
+                if uid in self.fresh:
+                    self._wake.set()  # it changed while we were busy with it
+            metrics.reconcile_time.labels(metrics.CONTROLLER).observe(clock() - began)
+            if result is not None:
+                metrics.reconcile_total.labels(metrics.CONTROLLER, result).inc()
+                if result == "error":
+                    metrics.reconcile_errors.labels(metrics.CONTROLLER).inc()
+        if self.snapshot is not None and not self._queue and not self._busy and \
+                not any(self._look_due(r, clock()) for uid in self.members
+                        if (r := self.engine.records.get(uid)) is not None):
+            self.snapshot = None  # nothing to decide until the next pass: let it go
+
+    # -- one member ----------------------------------------------------------------------------
+
+    async def _step(self, uid: str) -> str | None:
+        record = self.engine.records.get(uid)
+        if record is None:
+            return None
+        if record.deleting:
+            return await self._detach(record)
+        if not record.acknowledged:
+            await self._acknowledge(record)
+            self.wake(uid)
+            return "requeue"
+        spec = record.valid
+        if spec is None or self.workspace is None:
+            return "success"
+        snap, track = self.snapshot, self.tracking.get(uid)
+        if snap is None or (track is not None and track.submitted > snap.started):
+            return "requeue"  # the LIST predates our own last write: look next pass
+        self.engine.verified.add(uid)
+        situation = self._situation(record, Observed(snap.get(spec.compute_name)))
+        return await self._carry_out(record, situation, decide_attach(situation), False)
+
+    def _situation(self, record: Record, observed: Observed) -> Situation:
+        track = self.tracking.get(record.uid)
+        recorded_op = record.recorded.operation
+        return Situation(
+            spec=record.valid,
+            owner=record.owner,
+            recorded=record.recorded,
+            observed=observed,
+            retry_due=track is None or not track.failures or
+            self.services.clock() >= track.retry_at,
+            has_operation_url=track is not None and track.url is not None and
+            recorded_op is not None and track.kind == recorded_op.kind,
+            live_uids=self.engine.records,
+            observe_only=record.observe_only,
+        )
+
+    async def _acknowledge(self, record: Record) -> None:
+        spec = record.valid
+        denial = self.settings.workspace_policy.denial(record.namespace, spec.workspace) \
+            if spec is not None else None
+        decision = acknowledge(record.spec, record.recorded, requested_name=record.requested_name,
+                               denial=denial, observe_only=record.observe_only)
+        track = self.tracking.get(record.uid)
+        if track is not None:
+            track.failures = 0  # a new generation starts without the old one's backoff
+            track.retry_at = 0.0
+        await self._settle(record, decision)
+
+    async def _detach(self, record: Record) -> str | None:
+        if self.engine.is_released(record.uid):
+            return None
+        target = record.target()
+        view = None
+        if target is not None and self.workspace is not None and \
+                not record.orphan and not record.observe_only:
+            snap, track = self.snapshot, self.tracking.get(record.uid)
+            if snap is None or (track is not None and track.submitted > snap.started):
+                return "requeue"
+            view = snap.get(target[1])
+        situation = self._situation(record, Observed(view))
+        decision = decide_detach(target, situation, orphan=record.orphan)
+        return await self._carry_out(record, situation, decision, True)
+
+    async def _carry_out(self, record: Record, situation: Situation, decision: Decision,
+                         detaching: bool, *, reread: bool = True) -> str:
+        """Act on one decision: write status first, then ARM, then post the events."""
+        uid = record.uid
+        try:
+            if decision.action is Action.CHECK_OPERATION:
+                track = self.tracking.get(uid)
+                url = track.url if track is not None else None
+                result = await self.services.api.operation(
+                    url, self._subscription(record), await self._auth()) if url else None
+                situation = replace(situation, observed=Observed(
+                    situation.observed.compute, result, operation_checked=True))
+                decision = self._decide(record, situation, detaching)
+                if decision.action is Action.CHECK_OPERATION:
+                    decision = WAIT
+            if decision.action is Action.PUT:
+                return await self._put(record, situation, decision, reread=reread)
+            if decision.action is Action.DELETE:
+                return await self._delete(record, situation, decision)
+            if decision.action is Action.RELEASE:
+                self._post(record, decision.events)
+                self._forget_tracking(uid)
+                self.engine.released(uid)
+                return "success"
+            return await self._settle(record, decision)
+        except ArmError as err:
+            failure = classify(err, "operation" if decision.action is Action.CHECK_OPERATION
+                               else "compute")
+            if isinstance(err, AuthenticationFailed):
+                self.services.identities.refresh(self.key.identity)
+            log.warning("%s/%s: %s", record.namespace, record.name, describe_failure(failure),
+                        extra=_context(record))
+            await self._report(record, failure, err)
+            return "error"
+
+    def _decide(self, record: Record, situation: Situation, detaching: bool) -> Decision:
+        if detaching:
+            return decide_detach(record.target(), situation, orphan=record.orphan)
+        return decide_attach(situation)
+
+    async def _put(self, record: Record, situation: Situation, decision: Decision, *,
+                   reread: bool) -> str:
+        spec = situation.spec
+        assert spec is not None and self.workspace is not None
+        if not record.finalized:
+            return "requeue"  # kopf's finalizer first: nothing may be attached unguarded
+        if decision.put is PutKind.CREATE:
+            holder = self.engine.claim(spec.workspace, spec.compute_name, record)
+            if holder is not None:
+                return await self._settle(record, claimed(spec, f"{holder.namespace}/"
+                                                                f"{holder.name}"))
+            auth = await self._auth()
+            if reread and self.services.api.can_spare_read(spec.workspace, auth):
+                # Another operator (or a script) may have taken the name since the LIST.
+                view = await self.services.api.get_compute(spec.workspace, spec.compute_name,
+                                                           auth)
+                if view is not None:
+                    if self.snapshot is not None:
+                        self.snapshot.computes[view.name.lower()] = view
+                    situation = replace(situation, observed=Observed(view))
+                    return await self._carry_out(record, situation, decide_attach(situation),
+                                                 False, reread=False)
+        written = await self._write(record, decision)
+        if written is None:
+            return "error"
+        auth = await self._auth()
+        location = await self.services.api.location(spec.workspace, auth)
+        sent = await self.services.api.put_compute(
+            spec, location, {**spec.tags, **record.owner.tags()}, auth)
+        self._sent(record.uid, "Attach", sent.url, decision.failed)
+        self._post(written, decision.events)
+        if any(e.reason == "Drifted" for e in decision.events):
+            metrics.drift_repairs.inc()
+        return "requeue"
+
+    async def _delete(self, record: Record, situation: Situation, decision: Decision) -> str:
+        target = record.target()
+        assert target is not None
+        written = await self._write(record, decision)
+        if written is None:
+            return "error"
+        sent = await self.services.api.delete_compute(*target, await self._auth())
+        self._sent(record.uid, "Detach", sent.url, decision.failed)
+        self._post(written, decision.events)
+        return "requeue"
+
+    # -- writing -------------------------------------------------------------------------------
+
+    async def _settle(self, record: Record, decision: Decision) -> str:
+        """Write the decision's status (only what changed) and, if written, its events."""
+        written = await self._write(record, decision)
+        if written is None:
+            return "error"
+        wrote = written is not record
+        if wrote:
+            self._post(written, decision.events)
+        track = self.tracking.get(record.uid)
+        if decision.failed and wrote:
+            self._fail(record.uid, permanent=True)
+        elif written.recorded.is_true("Ready", written.generation) and track is not None:
+            track.failures = 0
+        if track is not None and written.recorded.operation is None and track.kind is not None:
+            metrics.operations_in_flight.labels(track.kind).dec()
+            track.kind, track.url = None, None
+        self._tidy(record.uid)
+        if decision.failed:
+            return "requeue_after"
+        return "requeue" if written.recorded.operation is not None else "success"
+
+    async def _write(self, record: Record, decision: Decision) -> Record | None:
+        """The record after the write (the same object when nothing needed writing)."""
+        now = utcnow()
+        desired = record.recorded.updated(decision.status, decision.conditions,
+                                          record.generation, now)
+        patch = record.recorded.patch_to(desired)
+        track = self.tracking.get(record.uid)
+        if not patch:
+            if track is not None:
+                track.owed = False
+            return record
+        patch["lastSyncTime"] = now
+        try:
+            body = await self.services.kube.patch_status(record.path, record.uid, patch)
+        except KubeError as err:
+            self._track(record.uid).owed = True
+            log.warning("%s/%s: status not written (%s); trying again next pass",
+                        record.namespace, record.name, err, extra=_context(record))
+            return None
+        if body is None:  # gone, or replaced by a new object of the same name
+            self.engine.forget(record.uid)
+            return None
+        if track is not None:
+            track.owed = False
+        return self.engine.written(body) or record
+
+    def _post(self, record: Record, events: Iterable[Event]) -> None:
+        obj = InvolvedObject(API_VERSION, KIND, record.namespace, record.name, record.uid)
+        for event in events:
+            self.services.events.post(obj, event.type, event.reason, event.message)
+
+    async def _report(self, record: Record, failure: Failure, err: ArmError | None = None
+                      ) -> None:
+        situation = self._situation(record, Observed(None))
+        decision = decide_failure(failure, situation, detaching=record.deleting)
+        written = await self._write(record, decision)
+        if written is None:
+            return
+        if written is not record:
+            self._post(written, decision.events)
+        if err is not None:
+            self._fail(record.uid, permanent=not err.retryable, retry_after=err.retry_after)
+
+    # -- tracking ------------------------------------------------------------------------------
+
+    def _track(self, uid: str) -> Tracking:
+        track = self.tracking.get(uid)
+        if track is None:
+            track = self.tracking[uid] = Tracking()
+        return track
+
+    def _tidy(self, uid: str) -> None:
+        track = self.tracking.get(uid)
+        if track is not None and track.kind is None and not track.failures and not track.owed:
+            del self.tracking[uid]
+
+    def _forget_tracking(self, uid: str) -> None:
+        track = self.tracking.pop(uid, None)
+        if track is not None and track.kind is not None:
+            metrics.operations_in_flight.labels(track.kind).dec()
+
+    def _sent(self, uid: str, kind: str, url: str | None, retrying: bool) -> None:
+        track = self._track(uid)
+        if track.kind is None:
+            metrics.operations_in_flight.labels(kind).inc()
+        elif track.kind != kind:
+            metrics.operations_in_flight.labels(track.kind).dec()
+            metrics.operations_in_flight.labels(kind).inc()
+        track.kind, track.url, track.submitted = kind, url, self.services.clock()
+        if retrying:
+            self._fail(uid, permanent=True)
+
+    def _fail(self, uid: str, *, permanent: bool, retry_after: float | None = None) -> None:
+        track = self._track(uid)
+        track.failures += 1
+        track.retry_at = self.services.clock() + self._backoff(
+            track.failures, None, permanent=permanent, retry_after=retry_after)
+
+    def _backoff(self, failures: int, err: ArmError | None, *, permanent: bool,
+                 retry_after: float | None = None) -> float:
+        s = self.settings
+        low, high = (s.failure_retry_min, s.failure_retry_max) if permanent else \
+            (s.retry_min, s.retry_max)
+        delay: float = min(high, low * 2 ** min(failures - 1, 20)) * random.uniform(0.8, 1.2)
+        floor = retry_after if retry_after is not None else \
+            (err.retry_after if err is not None else None)
+        return max(delay, floor or 0.0)
+
+    # -- identity ------------------------------------------------------------------------------
+
+    async def _auth(self) -> TokenGetter | None:
+        return await self.services.identities.get(self.key.identity)
+
+    def _subscription(self, record: Record) -> str:
+        target = record.target()
+        return target[0].subscription_id if target is not None else ""
+
+
+def classify(err: ArmError, target: str) -> Failure:
+    """An exception from the ARM side, as the decision layer needs it."""
+    if isinstance(err, CredentialsUnavailable):
+        return Failure(err.code, err.message, err.retryable, source="identity",
+                       target="credentials")
+    source = "identity" if isinstance(err, AuthenticationFailed) and err.code == \
+        "AuthenticationFailed" else "ARM"
+    return Failure(err.code or f"HTTP{err.status}", err.message, err.retryable,
+                   throttled=err.throttled, source=source, target=target)
+
+
+def describe_failure(failure: Failure) -> str:
+    said = "ARM answered" if failure.source == "ARM" else f"the {failure.source} said"
+    return f"{said} {failure.code}: {failure.message}"
+
+
+def _context(record: Record) -> dict[str, dict[str, str]]:
+    spec = record.valid
+    return resource(record.namespace, record.name, record.uid,
+                    spec.workspace.name if spec is not None else None,
+                    spec.compute_name if spec is not None else None)

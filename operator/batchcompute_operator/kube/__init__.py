@@ -1,0 +1,1 @@
+"""The Kubernetes side of the operator's own I/O: status, events, Secrets, peering."""
