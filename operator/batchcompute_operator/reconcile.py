@@ -323,11 +323,16 @@ def _failed(view: ComputeView | None, op: OperationStatus | None, kind: str,
 NOT_FAILURES = frozenset({"InvalidSpec", "Conflict", "WorkspaceNotAllowed", "NotAttached"})
 
 
-def _stalled_by_failure(rec: Recorded) -> bool:
-    """Stalled because ARM refused or failed an attach (not for a reason of our own)."""
+def _failure_reported(rec: Recorded) -> bool:
+    """Stalled because ARM refused or failed a request (not for a reason of our own)."""
     stalled = rec.condition("Stalled")
     return stalled is not None and stalled.status == "True" and \
-        stalled.reason not in NOT_FAILURES and rec.operation is None
+        stalled.reason not in NOT_FAILURES
+
+
+def _stalled_by_failure(rec: Recorded) -> bool:
+    """An attach ARM refused or failed, already reported."""
+    return _failure_reported(rec) and rec.operation is None
 
 
 def _needs_update(view: ComputeView, spec: AttachmentSpec, owner: Owner) -> list[str]:
@@ -447,6 +452,9 @@ def _decide_attach(s: Situation) -> Decision:
                                   f"as {spec.compute_name!r}: recording this resource as its "
                                   "owner in two tags"))
     if view.provisioning_state in ("Failed", "Canceled"):
+        if s.has_operation_url and not s.observed.operation_checked and \
+                not _stalled_by_failure(rec):
+            return Decision(Action.CHECK_OPERATION)  # its error says more than the compute
         if _stalled_by_failure(rec):
             # Already reported: retry quietly, keeping the status steady (one event per
             # change of error, not per attempt).
@@ -531,6 +539,9 @@ def decide_detach(target: tuple[WorkspaceRef, str] | None, s: Situation, *,
     if view.provisioning_state == "Deleting":
         return WAIT
     if op == "Detach":
+        if _failure_reported(rec):
+            # Reported once already: try again quietly when the backoff allows.
+            return Decision(Action.DELETE, failed=True) if s.retry_due else WAIT
         pending = _pending(s)
         if pending is not None:
             return pending
@@ -539,15 +550,12 @@ def decide_detach(target: tuple[WorkspaceRef, str] | None, s: Situation, *,
             failed = _failed(view, result, "Detach", s.spec)
             return Decision(Action.NONE, {**(failed.status or {}), "operation": "Detach"},
                             failed.conditions, failed.events, failed=True)
-    message = f"detaching {view.resource_id} from workspace compute {view.name!r}"
-    decision = Decision(Action.DELETE, {"operation": "Detach"},
-                        tuple(cond.progressing("Detaching", message)),
-                        (Event("Normal", "Detaching", message),))
     if not s.retry_due:
         return WAIT
-    if rec.is_true("Stalled") and op == "Detach":
-        return Decision(Action.DELETE, failed=True)  # a quiet retry after a reported failure
-    return decision
+    message = f"detaching {view.resource_id} from workspace compute {view.name!r}"
+    return Decision(Action.DELETE, {"operation": "Detach"},
+                    tuple(cond.progressing("Detaching", message)),
+                    (Event("Normal", "Detaching", message),))
 
 
 # -- failures ----------------------------------------------------------------------------------
@@ -557,9 +565,10 @@ def decide_failure(failure: Failure, s: Situation, *, detaching: bool) -> Decisi
     kind = "Detach" if detaching else "Attach"
     rec, gen = s.recorded, s.owner.generation
     text = f"{failure.code}: {failure.message}" if failure.source == "ARM" else \
-        f"{failure.source}: {failure.message}"
+        failure.message
     if failure.retryable:
-        reason = "Throttled" if failure.throttled else \
+        reason = "CredentialsUnavailable" if failure.target == "credentials" else \
+            "Throttled" if failure.throttled else \
             "AuthenticationFailed" if failure.code.startswith(("InvalidAuthentication",
                                                                 "ExpiredAuthentication",
                                                                 "AuthenticationFailed")) \

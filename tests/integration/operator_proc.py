@@ -60,6 +60,8 @@ class OperatorProcess:
             "BCO_RESYNC_INTERVAL": "3",
             "BCO_RETRY_MIN": "0.5",
             "BCO_RETRY_MAX": "5",
+            "BCO_FAILURE_RETRY_MIN": "1",
+            "BCO_FAILURE_RETRY_MAX": "5",
             "BCO_DETACH_WAIT": "20",
             "BCO_HEALTH_PORT": str(self.health_port),
             "BCO_METRICS_PORT": str(self.metrics_port),

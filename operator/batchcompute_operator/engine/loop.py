@@ -95,6 +95,7 @@ class WorkspaceLoop:
         self.list_retry_at = 0.0
         self.list_failures = 0
         self.pass_started: float | None = None
+        self._last_said = ""  # the last failure logged, so a repeated one is not logged again
         self._wake = asyncio.Event()
         self._queue: deque[str] = deque()
         self._queued: set[str] = set()
@@ -178,12 +179,17 @@ class WorkspaceLoop:
             await asyncio.sleep(0)
 
     def _due(self) -> float:
-        """When the next pass is needed: now, a poll interval, a retry, or the next resync."""
+        """When the next pass is needed: now, a poll interval, a retry, or the next resync.
+
+        Acknowledgements need only Kubernetes; everything else waits out a failed LIST's
+        backoff.
+        """
         now = self.services.clock()
-        if any(uid not in self._busy and uid not in self._queued for uid in self.fresh):
-            return now
         poll = self.last_pass + self.settings.poll_interval
         due = self.last_full + self.settings.resync_interval
+        if any(uid not in self._busy and uid not in self._queued for uid in self.fresh):
+            due = now
+        ack = float("inf")
         records = self.engine.records
         for uid in self.members:
             record = records.get(uid)
@@ -191,9 +197,8 @@ class WorkspaceLoop:
                 continue
             track = self.tracking.get(uid)
             if not record.deleting and not record.acknowledged and uid not in self._busy:
-                if track is None or not track.owed:
-                    return now
-                due = min(due, poll)
+                ack = min(ack, poll if track is not None and track.owed else now)
+                continue
             if record.deleting and not self.engine.is_released(uid):
                 due = min(due, poll)
             elif track is not None and track.kind is not None:
@@ -205,7 +210,7 @@ class WorkspaceLoop:
                     due = min(due, poll)
                 if track.failures:
                     due = min(due, max(track.retry_at, poll))
-        return max(due, self.list_retry_at)
+        return min(ack, max(due, self.list_retry_at))
 
     def _look_due(self, record: Record, now: float) -> bool:
         if record.uid in self.fresh or record.deleting:
@@ -229,6 +234,8 @@ class WorkspaceLoop:
         if unacked:
             await self._each(unacked, self._acknowledge)
             members = [r for uid in list(self.members) if (r := records.get(uid)) is not None]
+        if now < self.list_retry_at:
+            return  # a failed LIST is backing off; acknowledgements went ahead above
         full = now >= self.last_full + self.settings.resync_interval
         due = [r for r in members if (full or self._look_due(r, now))
                and (r.acknowledged or r.deleting) and r.uid not in self._busy]
@@ -275,16 +282,24 @@ class WorkspaceLoop:
             failure = classify(err, "list")
             delay = self._backoff(self.list_failures, err, permanent=not err.retryable)
             self.list_retry_at = clock() + delay
-            log.warning("workspace %s: listing computes failed: %s (next try in %.0fs)",
-                        self.describe(), describe_failure(failure), delay)
+            said = describe_failure(failure)
+            if said != self._last_said or self.list_failures % 20 == 0:
+                log.warning("workspace %s: listing computes failed: %s (next try in %.0fs; "
+                            "%d failures in a row)", self.describe(), said, delay,
+                            self.list_failures)
+            self._last_said = said
             if isinstance(err, AuthenticationFailed):
                 self.services.identities.refresh(self.key.identity)
             tell = due if err.retryable else [r for uid in list(self.members)
                                                 if (r := self.engine.records.get(uid))]
             await self._each(tell, lambda r: self._report(r, failure))
             return False
+        if self.list_failures:
+            log.info("workspace %s: listing computes works again after %d failures",
+                     self.describe(), self.list_failures)
         self.list_failures = 0
         self.list_retry_at = 0.0
+        self._last_said = ""
         self.snapshot = Snapshot(started, computes)
         return True
 
@@ -488,6 +503,10 @@ class WorkspaceLoop:
         if wrote:
             self._post(written, decision.events)
         track = self.tracking.get(record.uid)
+        if decision.failed and track is not None and track.kind is not None:
+            # The operation this process sent has ended (badly): never ask it again.
+            metrics.operations_in_flight.labels(track.kind).dec()
+            track.kind, track.url = None, None
         if decision.failed and wrote:
             self._fail(record.uid, permanent=True)
         elif written.recorded.is_true("Ready", written.generation) and track is not None:
@@ -610,8 +629,11 @@ def classify(err: ArmError, target: str) -> Failure:
 
 
 def describe_failure(failure: Failure) -> str:
-    said = "ARM answered" if failure.source == "ARM" else f"the {failure.source} said"
-    return f"{said} {failure.code}: {failure.message}"
+    if failure.target == "credentials":
+        return f"no usable credentials: {failure.message}"
+    if failure.source == "ARM":
+        return f"ARM answered {failure.code}: {failure.message}"
+    return f"the {failure.source} endpoint failed: {failure.message}"
 
 
 def _context(record: Record) -> dict[str, dict[str, str]]:

@@ -201,10 +201,12 @@ class ArmClient:
         self.reachable = True
         retry_after = parse_seconds(resp.headers.get("Retry-After"))
         remaining = resp.headers.get(f"x-ms-ratelimit-remaining-subscription-{kind}")
+        # ARM asked us to wait (throttled, or busy): nothing goes to this subscription for
+        # that long, whatever its kind, so a LIST never rushes in after a throttled PUT.
         self._pacer.observe(
             budget, kind,
             int(remaining) if remaining and remaining.isdigit() else None,
-            retry_after if resp.status_code == 429 else None,
+            retry_after if resp.status_code == 429 or resp.status_code >= 500 else None,
         )
         parsed = _json_or_text(resp)
         if resp.status_code == 429:

@@ -71,9 +71,11 @@ class TokenBucket:
         self._refill(time.monotonic())
         self.tokens = min(self.tokens, float(remaining))
 
-    def block_for(self, seconds: float) -> None:
+    def block_for(self, seconds: float, *, empty: bool = True) -> None:
+        """Hold every caller for `seconds`; `empty` also drains the bucket (it was throttled)."""
         self.blocked_until = max(self.blocked_until, time.monotonic() + seconds)
-        self.tokens = 0.0
+        if empty:
+            self.tokens = 0.0
 
 
 class SubscriptionPacer:
@@ -125,4 +127,5 @@ class SubscriptionPacer:
         if remaining is not None:
             bucket.observe_remaining(remaining)
         if retry_after is not None:
-            bucket.block_for(retry_after)
+            for each in ("reads", "writes", "deletes"):
+                self.bucket(subscription, each).block_for(retry_after, empty=each == kind)
