@@ -1,10 +1,22 @@
-"""Azure credentials via azure-identity: one token cache per principal, and credential failures
-classified and described without secrets.
+"""Azure credentials via azure-identity: one token cache per principal, a fresh token after ARM
+refuses one, and credential failures classified and described without secrets.
 
 Modes (BCO_CREDENTIAL): `default` (DefaultAzureCredential: environment, workload identity,
 managed identity, developer logins), `managed-identity`, `workload-identity`, `environment`, and
 `static-file`, which reads a token from a mounted file on every refresh (local development
 against the emulator).
+
+A token ARM refused (401) is never sent again. azure-identity caches tokens inside each
+credential instance (for managed identity, one msal TokenCache per `ManagedIdentityClientBase`;
+for service principals and workload identity, one per `AadClient`), and keeps returning a cached
+token until it expires. So after a 401 the token cache replaces the credential with a fresh
+instance (`RenewableCredential.renew`), whose first token comes from the identity endpoint.
+`get_token(claims=...)` would also skip that cache, but it sends the claims to Microsoft Entra ID
+as a claims challenge and the developer-login credentials refuse it, so it is left for real
+claims challenges. Forced renewals are bounded: at most one per principal (one `TokenCache`)
+every RENEW_INTERVAL seconds. In between, if the credential can only offer the refused token,
+the call fails here (`TokenRefused`, with `retry_after` set to when a renewal is allowed) and ARM
+is not asked again.
 
 Failures are classified once, in `classify`:
 
@@ -16,6 +28,7 @@ Failures are classified once, in `classify`:
   could not be reached, or the token file cannot be read. Refusals by the identity provider
   (4xx) are here too: they also come from clock skew, identity propagation or an expiring
   federated token, and recover without anyone's help.
+- `TokenRefused`, retryable: ARM refused the token, and no other may be had yet.
 
 Messages name the credential and the reason. Identity-endpoint answers are summarised (HTTP
 status, and the body's error code and description fields, bounded), never copied; tokens,
@@ -27,6 +40,8 @@ configured otherwise): these failures are reported by the operator, summarised.
 from __future__ import annotations
 
 import asyncio
+import collections
+import hashlib
 import json
 import logging
 import os
@@ -49,9 +64,14 @@ from batchcompute_operator.workspace.errors import ArmError, AuthenticationFaile
 log = logging.getLogger(__name__)
 
 REFRESH_MARGIN = 300.0  # seconds before expiry at which a cached token is renewed
+# At most one forced renewal (a token request that bypasses azure-identity's cache) per
+# principal in this many seconds; azure-identity itself waits 30 s between refresh attempts
+# of a still-valid token (DEFAULT_TOKEN_REFRESH_RETRY_DELAY).
+RENEW_INTERVAL = 30.0
 MESSAGE_LIMIT = 960  # a whole credential message; Kubernetes events keep 1024 characters
 REASON_LIMIT = 240  # one chained credential's reason
 DETAIL_LIMIT = 120  # an identity-endpoint error description
+REFUSED_KEPT = 8  # digests of refused tokens remembered per principal
 
 
 class AsyncCredential(Protocol):
@@ -99,6 +119,19 @@ class TokenRequestFailed(AuthenticationFailed):
         self.credential = credential
         self.reason = reason
         self.origin = origin
+
+
+class TokenRefused(AuthenticationFailed):
+    """ARM refused this principal's token and the credential offers no other yet (retryable).
+
+    Raised without calling ARM. `retry_after` is the time until a fresh token may be requested
+    (None when the credential is read again on every attempt, as a token file is).
+    """
+
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message, status=0, code="TokenRefused")
+        self.retry_after = retry_after
+        self.origin = "credential"
 
 
 # -- credentials -------------------------------------------------------------------------------
@@ -420,41 +453,91 @@ def _bounded(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit - 1].rstrip() + "…"
 
 
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
 # -- the token cache ---------------------------------------------------------------------------
 
 
 class TokenCache:
     """One principal's token for the ARM audience, renewed ahead of expiry, fetched by one
-    caller at a time."""
+    caller at a time, and replaced by a fresh one from the identity endpoint after ARM refuses
+    it (at most one forced renewal per `renew_interval` seconds)."""
 
     def __init__(self, credential: AsyncCredential, audience: str, key: str = "operator", *,
-                 label: str | None = None, secrets: Sequence[str] = ()) -> None:
+                 label: str | None = None, secrets: Sequence[str] = (),
+                 renew_interval: float = RENEW_INTERVAL,
+                 clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.key = key  # names the principal: ARM paces per principal, caches are kept apart
         self.label = label or str(getattr(credential, "name", type(credential).__name__))
         self._credential = credential
         self._scope = f"{audience}/.default"
         self._secrets = tuple(secrets)
+        self._renew_interval = renew_interval
+        self._clock = clock
+        self._monotonic = monotonic
         self._token: str | None = None
         self._expires = 0.0
+        self._refused: collections.deque[bytes] = collections.deque(maxlen=REFUSED_KEPT)
+        self._stale = False  # ARM refused a token since the last good fetch
+        self._renew_after = float("-inf")
         self._lock = asyncio.Lock()
+        self.renewals = 0  # forced renewals so far
+
+    def _fresh(self) -> bool:
+        return self._token is not None and self._clock() < self._expires - REFRESH_MARGIN
 
     async def __call__(self) -> str:
-        if self._token is not None and time.time() < self._expires - REFRESH_MARGIN:
+        if self._fresh():
+            assert self._token is not None
             return self._token
         async with self._lock:
-            if self._token is None or time.time() >= self._expires - REFRESH_MARGIN:
-                try:
-                    access = await self._credential.get_token(self._scope)
-                except Exception as exc:
-                    inner = getattr(self._credential, "current", None) or self._credential
-                    raise classify(exc, inner, self.label, self._secrets) from None
-                self._token = str(access.token)
-                self._expires = float(access.expires_on)
-        assert self._token is not None
-        return self._token
+            if not self._fresh():
+                await self._fetch()
+            assert self._token is not None
+            return self._token
 
-    def invalidate(self) -> None:
-        """ARM refused the token (revoked or expired early): fetch a new one next time."""
+    async def _fetch(self) -> None:
+        renew: Callable[[], Awaitable[None]] | None = getattr(self._credential, "renew", None)
+        if self._stale and renew is not None and self._monotonic() >= self._renew_after:
+            self._renew_after = self._monotonic() + self._renew_interval
+            self.renewals += 1
+            log.info("%s: ARM refused its token; renewing %s for a fresh one",
+                     self.key, self.label)
+            await renew()
+        try:
+            access = await self._credential.get_token(self._scope)
+        except Exception as exc:
+            inner = getattr(self._credential, "current", None) or self._credential
+            raise classify(exc, inner, self.label, self._secrets) from None
+        token = str(access.token)
+        if _digest(token) in self._refused:
+            raise self._still_refused(renew is not None)
+        self._stale = False
+        self._token, self._expires = token, float(access.expires_on)
+
+    def _still_refused(self, renewable: bool) -> TokenRefused:
+        if not renewable:
+            return TokenRefused(f"{self.label} still holds the token ARM refused; it is read "
+                                "again on the next attempt", None)
+        wait = max(0.0, self._renew_after - self._monotonic())
+        return TokenRefused(
+            f"ARM refused the token from {self.label}, which offers no other yet; a fresh one "
+            f"is requested in {wait:.0f}s (at most one every {self._renew_interval:.0f}s)", wait)
+
+    def invalidate(self, token: str | None = None) -> None:
+        """ARM refused `token` (default: the current one): it is never sent again, and the next
+        fetch asks a fresh credential instance. A token older than the current one is ignored:
+        the request that carried it was sent before the current token was fetched."""
+        if token is None:
+            token = self._token
+        elif self._token is not None and token != self._token:
+            return
+        if token is not None:
+            self._refused.append(_digest(token))
+            self._stale = True
         self._token = None
 
     async def close(self) -> None:
@@ -473,7 +556,8 @@ class NamespaceIdentities:
     Secret keys: `clientId` and `tenantId`, plus either `clientSecret` (a service principal) or
     nothing more (workload identity: the operator's projected ServiceAccount token is exchanged
     for that client id, so the identity's federated credential must trust the operator). A
-    Secret is only ever read from the namespace of the resource that names it.
+    Secret is only ever read from the namespace of the resource that names it. Each identity's
+    cache renews its credential after ARM refuses a token, as the operator's own does.
     """
 
     def __init__(self, settings: Settings, read_secret: SecretReader) -> None:

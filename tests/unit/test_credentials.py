@@ -1,12 +1,15 @@
-"""The credential layer: credential failures are classified (permanent or not) and described
-without secrets.
+"""The credential layer: a token ARM refused is replaced by a fresh one (boundedly), and
+credential failures are classified (permanent or not) and described without secrets.
 
-The failure tests raise the exceptions azure-identity 1.27 raises, with the messages it writes;
-the modes that need no network run azure-identity itself.
+azure-identity is replaced by fakes that behave as its credentials do where it matters: each
+instance caches the first token it gets, and every fresh instance's first token is one request
+to the identity endpoint. The failure tests raise the exceptions azure-identity 1.27 raises,
+with the messages it writes; the modes that need no network run azure-identity itself.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -27,16 +30,19 @@ from azure.identity import CredentialUnavailableError
 from batchcompute_operator.config import Settings
 from batchcompute_operator.credentials import (
     MESSAGE_LIMIT,
+    RENEW_INTERVAL,
     CredentialsUnavailable,
+    NamespaceIdentities,
     RenewableCredential,
     StaticFileCredential,
     TokenCache,
+    TokenRefused,
     TokenRequestFailed,
     build_credential,
     classify,
     redact,
 )
-from batchcompute_operator.workspace.errors import ArmError
+from batchcompute_operator.workspace.errors import ArmError, AuthenticationFailed
 
 AUDIENCE = "https://management.azure.com"
 JWT = ("eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJodHRwczovL21hbmFnZW1lbnQifQ."
@@ -46,15 +52,16 @@ JWT = ("eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJodHRwczovL21hbmFnZW1lbnQ
 class Endpoint:
     """The identity endpoint: every request mints a new token, unless told to fail."""
 
-    def __init__(self) -> None:
+    def __init__(self, same_token: bool = False) -> None:
         self.requests = 0
         self.fail: BaseException | None = None
+        self.same_token = same_token  # like IMDS, which caches tokens on its side
 
     def issue(self) -> str:
         self.requests += 1
         if self.fail is not None:
             raise self.fail
-        return f"token-{self.requests}"
+        return "token-1" if self.same_token else f"token-{self.requests}"
 
 
 class CachingCredential:
@@ -74,10 +81,140 @@ class CachingCredential:
         self.closed = True
 
 
-def cache_for(endpoint: Endpoint) -> tuple[TokenCache, RenewableCredential]:
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def cache_for(endpoint: Endpoint, clock: Clock | None = None) -> tuple[TokenCache,
+                                                                        RenewableCredential]:
     credential = RenewableCredential("ManagedIdentityCredential",
                                      lambda: CachingCredential(endpoint))
-    return TokenCache(credential, AUDIENCE), credential
+    return TokenCache(credential, AUDIENCE, monotonic=clock or Clock()), credential
+
+
+# -- item 2: a refused token is replaced, at a bounded rate -------------------------------------
+
+
+async def test_without_a_refusal_the_credentials_own_cache_serves_every_call() -> None:
+    endpoint = Endpoint()
+    tokens, _ = cache_for(endpoint)
+    assert {await tokens() for _ in range(5)} == {"token-1"}
+    assert endpoint.requests == 1
+    assert tokens.renewals == 0
+
+
+async def test_after_a_refusal_the_next_token_comes_from_the_identity_endpoint() -> None:
+    endpoint = Endpoint()
+    tokens, credential = cache_for(endpoint)
+    first = await tokens()
+    old = credential.current
+    tokens.invalidate(first)
+    second = await tokens()
+    assert second != first
+    assert endpoint.requests == 2  # not the credential's cached copy: a new request
+    assert credential.instances == 2
+    assert isinstance(old, CachingCredential) and old.closed
+    assert tokens.renewals == 1
+
+
+async def test_forced_renewals_happen_at_most_once_per_interval_per_principal() -> None:
+    clock = Clock()
+    endpoint = Endpoint()
+    tokens, _ = cache_for(endpoint, clock)
+    tokens.invalidate(await tokens())
+    tokens.invalidate(await tokens())  # the fresh token is refused as well
+    assert endpoint.requests == 2
+    for _ in range(20):  # a persistently refused identity does not hammer the endpoint
+        with pytest.raises(TokenRefused) as err:
+            await tokens()
+        clock.now += 1.0
+    assert endpoint.requests == 2
+    assert err.value.retryable and err.value.status == 0
+    assert err.value.retry_after is not None and err.value.retry_after <= RENEW_INTERVAL
+    assert "ARM refused the token from ManagedIdentityCredential" in err.value.message
+    clock.now += RENEW_INTERVAL
+    assert await tokens() == "token-3"
+    assert endpoint.requests == 3
+    assert tokens.renewals == 2
+
+
+async def test_the_refused_token_is_never_handed_out_again() -> None:
+    endpoint = Endpoint(same_token=True)  # the endpoint answers with the token it cached
+    tokens, _ = cache_for(endpoint)
+    tokens.invalidate(await tokens())
+    with pytest.raises(TokenRefused) as err:
+        await tokens()
+    assert endpoint.requests == 2  # it was asked, and gave the same token back
+    assert isinstance(err.value, AuthenticationFailed)
+    assert err.value.retry_after == pytest.approx(RENEW_INTERVAL)
+
+
+async def test_a_late_refusal_of_an_older_token_keeps_the_current_one() -> None:
+    endpoint = Endpoint()
+    tokens, _ = cache_for(endpoint)
+    first = await tokens()
+    tokens.invalidate(first)
+    second = await tokens()
+    tokens.invalidate(first)  # a request sent with the first token came back 401 later
+    assert await tokens() == second
+    assert endpoint.requests == 2
+
+
+async def test_concurrent_callers_after_a_refusal_share_one_renewal() -> None:
+    endpoint = Endpoint()
+    tokens, _ = cache_for(endpoint)
+    tokens.invalidate(await tokens())
+    got = await asyncio.gather(*(tokens() for _ in range(10)))
+    assert set(got) == {"token-2"}
+    assert endpoint.requests == 2
+
+
+async def test_a_token_file_holding_the_refused_token_fails_until_it_is_rewritten(
+        tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text("file-token-a\n")
+    tokens = TokenCache(StaticFileCredential(str(path)), AUDIENCE)
+    tokens.invalidate(await tokens())
+    with pytest.raises(TokenRefused) as err:
+        await tokens()
+    assert err.value.retry_after is None
+    assert f"token file {path}" in err.value.message
+    path.write_text("file-token-b\n")
+    assert await tokens() == "file-token-b"
+
+
+class FakeClientSecretCredential(CachingCredential):
+    endpoint = Endpoint()
+    built = 0
+
+    def __init__(self, tenant_id: str, client_id: str, client_secret: str,
+                 **kwargs: Any) -> None:
+        super().__init__(FakeClientSecretCredential.endpoint)
+        FakeClientSecretCredential.built += 1
+
+
+async def test_namespace_identities_renew_after_a_refusal_as_well(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from azure.identity import aio
+
+    monkeypatch.setattr(aio, "ClientSecretCredential", FakeClientSecretCredential)
+
+    async def read(namespace: str, name: str) -> tuple[str, dict[str, str]]:
+        return "1", {"tenantId": "t", "clientId": "c", "clientSecret": "s3cr3t-value"}
+
+    identities = NamespaceIdentities(Settings(), read)
+    tokens = await identities.get("team-a", "id")
+    first = await tokens()
+    tokens.invalidate(first)
+    assert await tokens() != first
+    assert FakeClientSecretCredential.built == 2
+    assert FakeClientSecretCredential.endpoint.requests == 2
+    assert tokens.label == "Secret team-a/id (ClientSecretCredential)"
+    await identities.close()
 
 
 # -- item 6: permanent failures, per mode -------------------------------------------------------
