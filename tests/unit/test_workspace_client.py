@@ -7,14 +7,17 @@ the integration suite covers the same client against the emulator over TLS.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import httpx
 import pytest
+from azure.core.credentials import AccessToken
 
+from batchcompute_operator.credentials import RenewableCredential, TokenCache, TokenRefused
 from batchcompute_operator.spec import WorkspaceRef
 from batchcompute_operator.workspace.api import WorkspaceApi
-from batchcompute_operator.workspace.client import ArmClient
+from batchcompute_operator.workspace.client import ArmClient, TokenGetter
 from batchcompute_operator.workspace.errors import ArmError, UnsafeUrl
 from batchcompute_operator.workspace.pacing import SubscriptionPacer
 
@@ -27,18 +30,17 @@ class Tokens:
     key = "test-principal"
 
     def __init__(self) -> None:
-        self.invalidated = 0
+        self.invalidated: list[str | None] = []
 
     async def __call__(self) -> str:
         return SECRET
 
-    def invalidate(self) -> None:
-        self.invalidated += 1
+    def invalidate(self, token: str | None = None) -> None:
+        self.invalidated.append(token)
 
 
-def make(handler: Any, pacer: SubscriptionPacer | None = None) -> tuple[WorkspaceApi,
-                                                                         list[httpx.Request],
-                                                                         Tokens]:
+def make(handler: Any, pacer: SubscriptionPacer | None = None,
+         tokens: TokenGetter | None = None) -> tuple[WorkspaceApi, list[httpx.Request], Tokens]:
     sent: list[httpx.Request] = []
 
     def record(request: httpx.Request) -> httpx.Response:
@@ -46,12 +48,12 @@ def make(handler: Any, pacer: SubscriptionPacer | None = None) -> tuple[Workspac
         response: httpx.Response = handler(request)
         return response
 
-    tokens = Tokens()
+    fake = Tokens()
     http = httpx.AsyncClient(transport=httpx.MockTransport(record))
-    client = ArmClient("https://arm.example", "2020-02-02", tokens,
+    client = ArmClient("https://arm.example", "2020-02-02", tokens or fake,
                        pacer or SubscriptionPacer(enabled=False), http=http)
     client.backoff = lambda attempt, retry_after: 0.0  # type: ignore[method-assign]
-    return WorkspaceApi(client), sent, tokens
+    return WorkspaceApi(client), sent, fake
 
 
 async def test_foreign_operation_url_is_refused_and_gets_no_token() -> None:
@@ -128,17 +130,99 @@ def _instant(bucket: Any) -> Any:
     return acquire
 
 
-async def test_401_drops_the_cached_token() -> None:
+async def test_401_drops_the_refused_token_and_sends_the_call_once_more() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(401, json={"error": {"code": "ExpiredAuthenticationToken",
                                                     "message": "expired"}})
 
-    api, _, tokens = make(handler)
+    api, sent, tokens = make(handler)
     with pytest.raises(ArmError) as err:
         await api.get_compute(WS, "mybatch")
     assert err.value.code == "ExpiredAuthenticationToken"
-    assert tokens.invalidated == 1
+    assert tokens.invalidated == [SECRET, SECRET]  # it names the token ARM refused
+    assert len(sent) == 2  # once more after a 401, then no further
     assert SECRET not in str(err.value)
+
+
+class Identity:
+    """An azure-identity credential as far as caching goes; `minted` counts requests to the
+    identity endpoint (one per fresh instance)."""
+
+    minted = 0
+
+    def __init__(self) -> None:
+        self.token: str | None = None
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        if self.token is None:
+            Identity.minted += 1
+            self.token = f"{SECRET}-{Identity.minted}"
+        return AccessToken(self.token, int(time.time()) + 3600)
+
+    async def close(self) -> None:
+        return None
+
+
+def identity_tokens() -> TokenCache:
+    Identity.minted = 0
+    return TokenCache(RenewableCredential("ManagedIdentityCredential", Identity),
+                      "https://arm.example", key="test-principal")
+
+
+def bearer(request: httpx.Request) -> str:
+    return request.headers["Authorization"].removeprefix("Bearer ")
+
+
+async def test_a_revoked_token_is_replaced_within_the_same_call() -> None:
+    """The issue's scenario: ARM stops accepting a token the credential still has cached."""
+    revoked = {f"{SECRET}-1"}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if bearer(request) in revoked:
+            return httpx.Response(401, json={"error": {"code": "InvalidAuthenticationToken",
+                                                        "message": "The access token is invalid."}})
+        return httpx.Response(200, json={"value": []})
+
+    tokens = identity_tokens()
+    api, sent, _ = make(handler, tokens=tokens)
+    assert await api.list_computes(WS) == {}
+    assert [bearer(r) for r in sent] == [f"{SECRET}-1", f"{SECRET}-2"]
+    assert Identity.minted == 2
+    sent.clear()
+    assert await api.list_computes(WS) == {}
+    assert [bearer(r) for r in sent] == [f"{SECRET}-2"]  # the fresh token is kept
+
+
+async def test_a_write_refused_with_401_is_sent_again_with_a_fresh_token() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if bearer(request) == f"{SECRET}-1":
+            return httpx.Response(401, json={"error": {"code": "InvalidAuthenticationToken",
+                                                        "message": "The access token is invalid."}})
+        return httpx.Response(202, headers={"Location": "https://arm.example/op"})
+
+    api, sent, _ = make(handler, tokens=identity_tokens())
+    await api.delete_compute(WS, "mybatch")
+    assert [(r.method, bearer(r)) for r in sent] == [("DELETE", f"{SECRET}-1"),
+                                                     ("DELETE", f"{SECRET}-2")]
+
+
+async def test_a_persistently_refused_identity_is_not_sent_again_until_renewal_is_allowed(
+        ) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, json={"error": {
+            "code": "InvalidAuthenticationTokenAudience",
+            "message": "The access token has been obtained for wrong audience or resource."}})
+
+    api, sent, _ = make(handler, tokens=identity_tokens())
+    with pytest.raises(ArmError) as first:
+        await api.list_computes(WS)
+    assert first.value.code == "InvalidAuthenticationTokenAudience"
+    assert len(sent) == 2 and Identity.minted == 2
+    for _ in range(5):
+        with pytest.raises(TokenRefused) as later:
+            await api.list_computes(WS)
+        assert later.value.retry_after is not None and later.value.retry_after > 0
+    assert len(sent) == 2 and Identity.minted == 2  # neither ARM nor the endpoint asked again
 
 
 @pytest.mark.parametrize("body", [b"<html>oops</html>", b"{}", b'{"value": "x"}', b"null"])

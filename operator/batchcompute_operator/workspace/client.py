@@ -3,6 +3,8 @@
 Every call names its subscription and kind so the pacer can hold it back before ARM has
 to. Reads are retried here on transient failures; writes are not, because a PUT or DELETE
 whose answer was lost may still have happened: the caller re-observes and decides again.
+A 401 is different: ARM did nothing, so any call is sent once more, with a fresh token (the
+token source never hands out a token ARM refused; when it has no other, it fails at once).
 The bearer token is attached only to URLs on the configured ARM host and scheme.
 """
 
@@ -31,12 +33,15 @@ log = logging.getLogger(__name__)
 
 
 class TokenGetter(Protocol):
-    """A bearer-token source; `key` names the principal, since ARM throttles per principal."""
+    """A bearer-token source; `key` names the principal, since ARM throttles per principal.
+
+    `invalidate(token)` says ARM refused `token` (401): it must not be handed out again.
+    """
 
     key: str
 
     async def __call__(self) -> str: ...
-    def invalidate(self) -> None: ...
+    def invalidate(self, token: str | None = None) -> None: ...
 
 Method = Literal["GET", "PUT", "DELETE"]
 
@@ -148,14 +153,24 @@ class ArmClient:
         token = token or self._token
         attempts = self._read_attempts if method == "GET" else 1
         attempt = 0
+        refused = False
         while True:
             attempt += 1
             try:
                 return await self._once(method, url, subscription, kind, body, token)
             except ArmError as err:
+                if isinstance(err, AuthenticationFailed):
+                    if err.status == 401 and not refused:
+                        # ARM refused the token and did nothing: once more, with a fresh one.
+                        refused = True
+                        self.stats.retries += 1
+                        log.info("ARM %s %s: %s; sending it again with a new token",
+                                 method, url.path, err.code)
+                        continue
+                    raise
                 # A 429 means ARM did nothing, so even a write may be sent again.
                 again = err.retryable and (attempt < attempts or (err.throttled and attempt < 6))
-                if not again or isinstance(err, AuthenticationFailed):
+                if not again:
                     raise
                 delay = self.backoff(attempt, err.retry_after)
                 self.stats.retries += 1
@@ -212,7 +227,7 @@ class ArmClient:
         if resp.status_code == 429:
             self.stats.throttled += 1
         if resp.status_code == 401:
-            tokens.invalidate()  # expired or revoked: the next call fetches a new one
+            tokens.invalidate(token)  # expired or revoked: never sent again
         if resp.status_code >= 400:
             raise error_from_body(resp.status_code, parsed, retry_after)
         return ArmResponse(resp.status_code, parsed, resp.headers)

@@ -6,7 +6,14 @@ from typing import Any
 
 
 class ArmError(Exception):
-    """An ARM call failed; `retryable` says whether waiting can fix it."""
+    """An ARM call failed; `retryable` says whether waiting can fix it.
+
+    `origin` names who reported the failure. It is "ARM" only for ARM's own answers (and the
+    transport to ARM); the credential layer's errors say "identity endpoint", "token file" or
+    "configuration", so a log line or message never words them as something ARM said.
+    """
+
+    origin = "ARM"
 
     def __init__(self, status: int, code: str, message: str, *, retryable: bool,
                  retry_after: float | None = None) -> None:
@@ -23,7 +30,8 @@ class ArmError(Exception):
 
 
 class AuthenticationFailed(ArmError):
-    """No usable token: the credential failed, or ARM refused the one it gave."""
+    """No usable token: ARM refused the one it was given (401), or the credential could not
+    supply one for now (the subclasses in `batchcompute_operator.credentials`)."""
 
     def __init__(self, message: str, status: int = 401, code: str = "AuthenticationFailed") -> None:
         # Credentials recover on their own (token rotation, identity propagation), so retry slowly.
