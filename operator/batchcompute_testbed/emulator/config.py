@@ -7,7 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEFAULT_API_VERSIONS = frozenset({"2020-02-02", "2020-06-01", "2021-07-01", "2023-04-01"})
+# GA api-versions of Microsoft.MachineLearningServices that clients of this emulator send:
+# 2020-02-02 (SDK v1 computes), 2022-05-01 (SDK v1 workspaces), the operator's and a few others.
+DEFAULT_API_VERSIONS = frozenset(
+    {"2020-02-02", "2020-06-01", "2021-04-01", "2021-07-01", "2022-05-01", "2023-04-01"}
+)
 # Only the SDK v1's api-versions know the `Batch` compute type; later specs dropped it.
 BATCH_MAX_API_VERSION = "2021-01-01"
 
@@ -119,9 +123,13 @@ class EmulatorConfig:
             updates["throttle"] = None if raw is None else ThrottleConfig.from_json(raw)
         if "api_versions" in data:
             versions = data["api_versions"]
-            if not isinstance(versions, list) or not all(isinstance(v, str) for v in versions):
+            if not isinstance(versions, list) or not all(
+                isinstance(v, str) and v for v in versions
+            ):
                 raise ValueError("api_versions must be a list of strings")
-            updates["api_versions"] = frozenset(versions)
+            # Added to the accepted versions, never replacing them: a test that needs one more
+            # version must not take away the ones other clients of the emulator are using.
+            updates["api_versions"] = self.api_versions | frozenset(versions)
         if "operation_error_style" in data:
             if data["operation_error_style"] not in ("flat", "nested"):
                 raise ValueError("operation_error_style must be 'flat' or 'nested'")
