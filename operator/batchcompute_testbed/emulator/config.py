@@ -14,6 +14,22 @@ DEFAULT_API_VERSIONS = frozenset(
 )
 # Only the SDK v1's api-versions know the `Batch` compute type; later specs dropped it.
 BATCH_MAX_API_VERSION = "2021-01-01"
+# Microsoft.Resources versions for the subscription routes (SDK v1 lists with 2022-12-01).
+SUBSCRIPTION_API_VERSIONS = frozenset(
+    {
+        "2014-04-01",
+        "2015-01-01",
+        "2016-06-01",
+        "2018-06-01",
+        "2019-06-01",
+        "2019-11-01",
+        "2020-01-01",
+        "2021-01-01",
+        "2022-12-01",
+    }
+)
+# The tenant the emulated subscriptions belong to; it is the `tid` of every token minted.
+DEFAULT_TENANT_ID = "5f0a1e9c-7b3d-4c2e-9a61-0c8d2b7e4f13"
 
 
 @dataclass
@@ -79,6 +95,7 @@ class EmulatorConfig:
     token_lifetime_seconds: int = 3600
     api_versions: frozenset[str] = DEFAULT_API_VERSIONS
     identity_header: str | None = None
+    tenant_id: str = DEFAULT_TENANT_ID
     # "flat": {"error": {code, message}}; "nested": {"error": {"error": {...}}} as older versions.
     operation_error_style: str = "flat"
     request_log_limit: int = 100_000

@@ -68,6 +68,11 @@ def attach_body(resource_id: str | None = None, **extra: Any) -> dict[str, Any]:
     return {"location": WS_LOCATION, "properties": props, **extra}
 
 
+def regional_path(path: str) -> str:
+    """The same resource on the workspace's regional API host, as SDK v1 reads it."""
+    return f"/rp/workspaces{path}"
+
+
 async def wait_for(
     probe: Callable[[], Awaitable[T | None]], within: float = 5.0, interval: float = 0.02
 ) -> T:

@@ -6,13 +6,20 @@ from __future__ import annotations
 
 import httpx
 
+from batchcompute_testbed.emulator import EmulatorServer
 from batchcompute_testbed.emulator.__main__ import config_from_args, parse_args
-from batchcompute_testbed.emulator.config import DEFAULT_API_VERSIONS
+from batchcompute_testbed.emulator.config import DEFAULT_API_VERSIONS, DEFAULT_TENANT_ID
 
 from .helpers import (
+    OTHER_SUB,
+    PARAMS,
+    RG,
+    SUB,
     WS,
+    attach,
     attach_body,
     compute_path,
+    regional_path,
     ws_path,
 )
 
@@ -46,3 +53,122 @@ async def test_admin_api_versions_add_to_the_accepted_list(
         response = await client.get(ws_path(), params={"api-version": version})
         assert response.status_code == 200, version
     assert (await admin.post("/config", json={"api_versions": [""]})).status_code == 400
+
+
+async def test_duplicate_leading_slashes_are_one(
+    server: EmulatorServer, client: httpx.AsyncClient, admin: httpx.AsyncClient
+) -> None:
+    # SDK v1 joins "https://host/" and "/subscriptions/...".
+    workspace = await client.get(f"{server.arm_url}/{ws_path()}", params=PARAMS)
+    assert workspace.status_code == 200
+    assert workspace.json()["name"] == WS
+    created = await client.put(
+        f"{server.arm_url}//{compute_path('batch-slash')}", params=PARAMS, json=attach_body()
+    )
+    assert created.status_code == 201
+    assert created.json()["id"] == compute_path("batch-slash")
+    assert (await client.get(compute_path("batch-slash"), params=PARAMS)).status_code == 200
+    stray = await client.get(f"{server.arm_url}//{ws_path()}/nothing", params=PARAMS)
+    assert stray.json()["error"]["code"] == "InvalidResourceType"
+    # The log keeps the path as it was sent.
+    paths = [e["path"] for e in (await admin.get("/requests")).json()]
+    assert paths[0] == "/" + ws_path()
+    assert paths[1] == "//" + compute_path("batch-slash")
+
+
+async def test_subscriptions_are_listed_as_arm_does(
+    server: EmulatorServer, client: httpx.AsyncClient
+) -> None:
+    listed = await client.get("/subscriptions", params=SUBSCRIPTIONS)
+    assert listed.status_code == 200
+    body = listed.json()
+    assert body["count"] == {"type": "Total", "value": 2}
+    assert sorted(s["subscriptionId"] for s in body["value"]) == sorted([SUB, OTHER_SUB])
+    first = next(s for s in body["value"] if s["subscriptionId"] == SUB)
+    assert first["id"] == f"/subscriptions/{SUB}"
+    assert first["tenantId"] == DEFAULT_TENANT_ID
+    assert first["state"] == "Enabled"
+    assert first["displayName"]
+
+    one = await client.get(f"/subscriptions/{SUB.upper()}", params=SUBSCRIPTIONS)
+    assert one.json() == first
+    missing = await client.get(
+        "/subscriptions/00000000-0000-0000-0000-000000000000", params=SUBSCRIPTIONS
+    )
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "SubscriptionNotFound"
+
+    # Microsoft.Resources has its own api-versions, and ARM still wants a token.
+    wrong = await client.get("/subscriptions", params=PARAMS)
+    assert wrong.json()["error"]["code"] == "InvalidApiVersionParameter"
+    assert "2022-12-01" in wrong.json()["error"]["message"]
+    async with httpx.AsyncClient(base_url=server.arm_url) as anonymous:
+        assert (await anonymous.get("/subscriptions", params=SUBSCRIPTIONS)).status_code == 401
+
+
+async def test_discovery_document_points_at_the_emulator(
+    server: EmulatorServer, client: httpx.AsyncClient, admin: httpx.AsyncClient
+) -> None:
+    workspace = (await client.get(ws_path(), params={"api-version": "2022-05-01"})).json()
+    discovery_url = workspace["properties"]["discoveryUrl"]
+    assert discovery_url == f"{server.arm_url}/discovery"
+    async with httpx.AsyncClient() as anonymous:  # SDK v1 sends no token here
+        document = (await anonymous.get(discovery_url)).json()
+    for key in ("api", "experimentation", "history", "hyperdrive", "modelmanagement", "studio"):
+        assert document[key] == server.arm_url
+    entry = (await admin.get("/requests")).json()[-1]
+    assert (entry["target"], entry["kind"], entry["status"]) == ("discovery", "read", 200)
+
+    await admin.post("/faults", json={"kind": "discovery", "action": {"status": 503}})
+    async with httpx.AsyncClient() as anonymous:
+        assert (await anonymous.get(discovery_url)).status_code == 503
+        assert (await anonymous.get(discovery_url)).status_code == 200
+
+
+async def test_regional_api_host_serves_the_same_computes(
+    server: EmulatorServer, client: httpx.AsyncClient, admin: httpx.AsyncClient
+) -> None:
+    await attach(client, "batch-reg", tags={"team": "a"})
+    via_arm = (await client.get(compute_path("batch-reg"), params=PARAMS)).json()
+    got = await client.get(regional_path(compute_path("batch-reg")), params=PARAMS)
+    assert got.status_code == 200
+    assert got.json() == via_arm
+    assert not any(h.startswith("x-ms-ratelimit") for h in got.headers)
+
+    listed = (await client.get(regional_path(f"{ws_path()}/computes"), params=PARAMS)).json()
+    assert [c["name"] for c in listed["value"]] == ["batch-reg"]
+    missing = await client.get(regional_path(compute_path("batch-none")), params=PARAMS)
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "ResourceNotFound"
+
+    # Writes go through ARM; tokens are checked all the same.
+    put = await client.put(regional_path(compute_path("batch-x")), params=PARAMS, json={})
+    assert put.status_code == 405
+    async with httpx.AsyncClient(base_url=server.arm_url) as anonymous:
+        refused = await anonymous.get(regional_path(compute_path("batch-reg")), params=PARAMS)
+    assert refused.status_code == 401
+    stray = await client.get(regional_path(f"{ws_path()}/jobs"), params=PARAMS)
+    assert stray.status_code == 404
+
+    # ARM's throttling does not meter the regional host.
+    await admin.post("/config", json={"throttle": {"reads": {"bucket": 1, "refill": 0}}})
+    for _ in range(3):
+        assert (
+            await client.get(regional_path(compute_path("batch-reg")), params=PARAMS)
+        ).status_code == 200
+    assert (await client.get(ws_path(), params=PARAMS)).status_code == 200
+    assert (await client.get(ws_path(), params=PARAMS)).status_code == 429
+    log = (await admin.get("/requests")).json()
+    regional = {e["target"] for e in log if e["path"].startswith("/rp/")}
+    assert regional == {"compute", "list", "unknown"}
+
+
+async def test_computes_carry_the_type_specific_properties_bag(
+    client: httpx.AsyncClient, admin: httpx.AsyncClient
+) -> None:
+    await attach(client, "batch-bag")
+    planted = {"properties": {"computeType": "AKS", "properties": {"agentCount": 3}}}
+    await admin.put(f"/computes/{SUB}/{RG}/{WS}/aks-bag", json=planted)
+    listed = (await client.get(f"{ws_path()}/computes", params=PARAMS)).json()["value"]
+    bags = {c["name"]: c["properties"]["properties"] for c in listed}
+    assert bags == {"aks-bag": {"agentCount": 3}, "batch-bag": None}
