@@ -4,10 +4,13 @@ sends, `//` paths, subscriptions, the discovery document and the regional API ho
 
 from __future__ import annotations
 
+import time
+
 import httpx
 
 from batchcompute_testbed.emulator import EmulatorServer
 from batchcompute_testbed.emulator.__main__ import config_from_args, parse_args
+from batchcompute_testbed.emulator.auth import principal_ids
 from batchcompute_testbed.emulator.config import DEFAULT_API_VERSIONS, DEFAULT_TENANT_ID
 
 from .helpers import (
@@ -15,10 +18,12 @@ from .helpers import (
     PARAMS,
     RG,
     SUB,
+    TOKEN,
     WS,
     attach,
     attach_body,
     compute_path,
+    jwt_claims,
     regional_path,
     ws_path,
 )
@@ -172,3 +177,39 @@ async def test_computes_carry_the_type_specific_properties_bag(
     listed = (await client.get(f"{ws_path()}/computes", params=PARAMS)).json()["value"]
     bags = {c["name"]: c["properties"]["properties"] for c in listed}
     assert bags == {"aks-bag": {"agentCount": 3}, "batch-bag": None}
+
+
+async def test_minted_tokens_are_jwts_with_the_usual_claims(
+    server: EmulatorServer, admin: httpx.AsyncClient
+) -> None:
+    before = int(time.time())
+    minted = (await admin.post("/tokens", json={"expires_in": 600, "principal": "sdk-user"})).json()
+    claims = jwt_claims(minted["access_token"])
+    assert claims["exp"] == minted["expires_on"]
+    assert before <= claims["iat"] == claims["nbf"] <= claims["exp"] - 590
+    assert claims["aud"] == "https://management.azure.com"
+    assert claims["tid"] == DEFAULT_TENANT_ID
+    assert claims["iss"] == f"https://sts.windows.net/{DEFAULT_TENANT_ID}/"
+    assert (claims["oid"], claims["appid"]) == principal_ids("sdk-user")
+    again = (await admin.post("/tokens", json={"principal": "sdk-user"})).json()["access_token"]
+    assert again != minted["access_token"]
+    assert jwt_claims(again)["oid"] == claims["oid"]
+
+    expired = (await admin.post("/tokens", json={"expires_in": -10})).json()
+    old = jwt_claims(expired["access_token"])
+    assert old["exp"] < time.time()
+    assert old["iat"] < old["exp"]
+
+    headers = {"X-IDENTITY-HEADER": server.identity_header}
+    params = {"api-version": "2019-08-01", "resource": "https://management.core.windows.net/"}
+    async with httpx.AsyncClient() as http:
+        answer = (await http.get(server.identity_endpoint, params=params, headers=headers)).json()
+    identity = jwt_claims(answer["access_token"])
+    assert identity["exp"] == int(answer["expires_on"])
+    assert identity["aud"] == "https://management.core.windows.net/"
+    assert identity["oid"] == principal_ids("managed-identity")[0]
+
+
+async def test_static_tokens_stay_as_given(client: httpx.AsyncClient) -> None:
+    assert (await client.get(ws_path(), params=PARAMS)).status_code == 200
+    assert client.headers["Authorization"] == f"Bearer {TOKEN}"
