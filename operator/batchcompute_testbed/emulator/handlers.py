@@ -22,6 +22,9 @@ from .state import Compute, Workspace, subscription_json
 # The service gives no pattern for compute names; its own messages for compute instances allow
 # 3-24 letters, digits and '-', starting with a letter. The same conservative rule applies here.
 COMPUTE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{2,23}$")
+# ARM's limit on tag name/value pairs per resource; ARM refuses more before the resource
+# provider sees the request.
+MAX_TAGS = 50
 # The services a workspace's discovery document names; SDK v1 looks each of them up.
 DISCOVERY_KEYS = (
     "api",
@@ -151,6 +154,13 @@ def _parse_put(raw: bytes, ws: Workspace, api_version: str) -> dict[str, Any]:
         ) from exc
     if not isinstance(payload, dict):
         raise _validation("The request content must be a JSON object.", "InvalidRequestContent")
+    tags = payload.get("tags")
+    if isinstance(tags, dict) and len(tags) > MAX_TAGS:
+        raise _validation(
+            f"Too many tags specified. Requested tag count - '{len(tags)}'. Maximum number of "
+            f"tags allowed - '{MAX_TAGS}'.",
+            "InvalidTags",
+        )
     location = payload.get("location")
     if not isinstance(location, str) or not location:
         raise _validation(
@@ -161,7 +171,6 @@ def _parse_put(raw: bytes, ws: Workspace, api_version: str) -> dict[str, Any]:
             f"The compute location '{location}' must be the workspace location '{ws.location}'.",
             "InvalidLocation",
         )
-    tags = payload.get("tags")
     if tags is not None and (
         not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values())
     ):

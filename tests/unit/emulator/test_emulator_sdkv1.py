@@ -213,3 +213,18 @@ async def test_minted_tokens_are_jwts_with_the_usual_claims(
 async def test_static_tokens_stay_as_given(client: httpx.AsyncClient) -> None:
     assert (await client.get(ws_path(), params=PARAMS)).status_code == 200
     assert client.headers["Authorization"] == f"Bearer {TOKEN}"
+
+
+async def test_more_than_50_tags_are_refused_as_arm_does(client: httpx.AsyncClient) -> None:
+    fifty = {f"k{i}": "v" for i in range(50)}
+    ok = await client.put(compute_path("batch-50"), params=PARAMS, json=attach_body(tags=fifty))
+    assert ok.status_code == 201
+    many = {**fifty, "one-more": "v"}
+    refused = await client.put(compute_path("batch-51"), params=PARAMS, json=attach_body(tags=many))
+    assert refused.status_code == 400
+    assert refused.json()["error"] == {
+        "code": "InvalidTags",
+        "message": "Too many tags specified. Requested tag count - '51'. "
+        "Maximum number of tags allowed - '50'.",
+    }
+    assert (await client.get(compute_path("batch-51"), params=PARAMS)).status_code == 404
