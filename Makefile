@@ -33,7 +33,14 @@ controlplane: ## install etcd and build (once, cached) kube-apiserver for the te
 .PHONY: test
 test: venv controlplane ## unit tests, then integration tests on a real kube-apiserver + the ARM emulator
 	$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-interop
 	$(BIN)/pytest tests/integration -q $(PYTEST_ARGS)
+
+.PHONY: test-interop
+test-interop: venv ## Azure ML SDK v1 (its own cached venv) against the emulator, network-isolated
+	@command -v ip >/dev/null || { apt-get update -qq && apt-get install -y -qq iproute2; }
+	@set -o pipefail; py="$$(bash hack/sdkv1-venv.sh | tail -n 1)" && BCO_SDKV1_PYTHON="$$py" \
+	  unshare --net -- sh -c 'ip link set lo up && exec $(BIN)/pytest tests/interop -q $(PYTEST_ARGS)'
 
 .PHONY: lint
 lint: venv ## ruff, and the import layering (spec and reconcile stay pure)

@@ -66,7 +66,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--api-version",
         action="append",
         dest="api_versions",
-        help="supported api-version (repeatable; default "
+        help="an api-version to accept besides the defaults (repeatable; defaults: "
         f"{', '.join(sorted(DEFAULT_API_VERSIONS))})",
     )
     p.add_argument("--identity-header", help="fixed X-IDENTITY-HEADER secret (default: random)")
@@ -91,7 +91,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
     if args.throttle == "off":
         config.throttle = None
     if args.api_versions:
-        config.api_versions = frozenset(args.api_versions)
+        config.api_versions = DEFAULT_API_VERSIONS | frozenset(args.api_versions)
     return config
 
 

@@ -1,7 +1,9 @@
-"""The aiohttp application: one pipeline in front of every ARM request.
+"""The aiohttp application: one pipeline in front of every ARM and regional API request.
 
 Order per request: latency, injected fault, authentication, throttling, api-version, handler.
-Faults come first because they stand for the network and gateways in front of ARM.
+Faults come first because they stand for the network and gateways in front of ARM. Requests to
+the workspace's regional API host (`/rp/workspaces/...`) take the same pipeline except ARM's
+throttling, which meters only what passes through ARM.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from aiohttp import web
 
 from . import admin, handlers
 from .arm import ArmError, Route, error_body, json_response, match_route, method_kind
-from .config import ThrottleConfig
+from .config import SUBSCRIPTION_API_VERSIONS, ThrottleConfig
 from .faults import Fault
 from .requestlog import Entry
 from .runtime import EMULATOR, STOPPING, Emulator
@@ -26,6 +28,8 @@ log = logging.getLogger("batchcompute_testbed.emulator")
 
 Handler = Callable[[Emulator, web.Request, Route, str], Awaitable[web.Response]]
 _DISPATCH: dict[tuple[str, str], Handler] = {
+    ("subscriptions", "GET"): handlers.list_subscriptions,
+    ("subscription", "GET"): handlers.get_subscription,
     ("workspace", "GET"): handlers.get_workspace,
     ("list", "GET"): handlers.list_computes,
     ("compute", "GET"): handlers.get_compute,
@@ -93,7 +97,7 @@ async def _arm(emu: Emulator, request: web.Request, route: Route, entry: Entry) 
     if emu.config.latency_ms > 0:
         await asyncio.sleep(emu.config.latency_ms / 1000)
     fault = emu.faults.take_request_fault(
-        request.method, request.path, frozenset({entry.kind, entry.target})
+        request.method, route.path, frozenset({entry.kind, entry.target})
     )
     if fault is not None:
         entry.fault = fault.action_type
@@ -104,7 +108,7 @@ async def _arm(emu: Emulator, request: web.Request, route: Route, entry: Entry) 
     entry.auth, entry.principal = auth.state, auth.principal
     if auth.error is not None:
         return auth.error.response()
-    if route.subscription is not None:
+    if route.subscription is not None and not route.regional:
         verdict = emu.throttler.take(route.subscription, entry.kind)
         if not verdict.allowed:
             entry.throttled = True
@@ -122,18 +126,24 @@ async def _arm(emu: Emulator, request: web.Request, route: Route, entry: Entry) 
             "MissingApiVersionParameter",
             "The api-version query parameter (?api-version=) is required for all requests.",
         )
-    if api_version not in emu.config.api_versions:
+    # Subscriptions belong to Microsoft.Resources, whose versions are not the ML provider's.
+    supported = (
+        SUBSCRIPTION_API_VERSIONS
+        if route.target in ("subscriptions", "subscription")
+        else emu.config.api_versions
+    )
+    if api_version not in supported:
         raise ArmError(
             400,
             "InvalidApiVersionParameter",
             f"The api-version '{api_version}' is invalid. The supported versions are "
-            f"'{','.join(sorted(emu.config.api_versions))}'.",
+            f"'{','.join(sorted(supported))}'.",
         )
     if route.target == "unknown":
-        raise ArmError(
-            404, "InvalidResourceType", f"No resource type is served at '{request.path}'."
-        )
-    handler = _DISPATCH.get((route.target, request.method))
+        raise ArmError(404, "InvalidResourceType", f"No resource type is served at '{route.path}'.")
+    # The regional API host is read-only here: SDK v1 writes through ARM.
+    method_ok = not route.regional or request.method == "GET"
+    handler = _DISPATCH.get((route.target, request.method)) if method_ok else None
     if handler is None:
         raise ArmError(
             405,
@@ -172,7 +182,9 @@ async def arm_entry(request: web.Request) -> web.StreamResponse:
             response = await _arm(emu, request, route, entry)
         except ArmError as exc:
             response = exc.response()
-        if not entry.throttled:
+        if route.regional:
+            pass  # ARM's budget headers come from ARM, not from the regional API host
+        elif not entry.throttled:
             response.headers[remaining_header(entry.kind)] = _remaining(emu, route, entry.kind)
         else:
             response.headers[remaining_header(entry.kind)] = "0"
@@ -217,6 +229,31 @@ async def identity_token(request: web.Request) -> web.StreamResponse:
         emu.log.close(entry)
 
 
+async def discovery(request: web.Request) -> web.StreamResponse:
+    """The workspace's discovery document. Clients fetch it without a token, as from Azure;
+    it shares request faults (those naming `discovery` or its path) and the request log."""
+    emu = request.app[EMULATOR]
+    entry = emu.log.open(
+        request.method, request.path, dict(request.query), None, "read", "discovery", None
+    )
+    try:
+        fault = emu.faults.take_request_fault(
+            request.method, request.path, frozenset({"read", "discovery"}), explicit=True
+        )
+        if fault is not None:
+            entry.fault = fault.action_type
+            faulted = await _apply_fault(request, fault)
+            if faulted is not None:
+                entry.status = faulted.status
+                return faulted
+        entry.status = 200
+        return json_response(handlers.discovery_document(request))
+    except _Dropped:
+        return web.Response(status=499)
+    finally:
+        emu.log.close(entry)
+
+
 async def admin_not_found(request: web.Request) -> web.Response:
     return json_response({"error": f"no admin route {request.method} {request.path}"}, 404)
 
@@ -233,5 +270,6 @@ def build_app(emu: Emulator) -> web.Application:
     admin.add_routes(app.router)
     app.router.add_route("*", "/_admin/{tail:.*}", admin_not_found)
     app.router.add_get("/msi/token", identity_token)
+    app.router.add_get("/discovery", discovery)
     app.router.add_route("*", "/{tail:.*}", arm_entry)
     return app

@@ -18,21 +18,30 @@ NOT_FOUND_HINT = "For more details please go to https://aka.ms/ARMResourceNotFou
 # ARM treats fixed segments and resource group names case-insensitively.
 _PROV = re.escape(PROVIDER)
 _WS = (
-    rf"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)"
+    r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)"
     rf"/providers/{_PROV}/workspaces/(?P<ws>[^/]+)"
 )
 _LOC = rf"^/subscriptions/(?P<sub>[^/]+)/providers/{_PROV}/locations/(?P<loc>[^/]+)"
-_ROUTES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
-    (target, re.compile(pattern, re.IGNORECASE))
-    for target, pattern in (
-        ("workspace", _WS + r"/?$"),
-        ("list", _WS + r"/computes/?$"),
-        ("compute", _WS + r"/computes/(?P<name>[^/]+)/?$"),
-        ("operation", _LOC + r"/computeOperationsStatus/(?P<op>[^/]+)/?$"),
-        ("result", _LOC + r"/computeOperationsResults/(?P<op>[^/]+)/?$"),
+# The workspace's regional API host serves the same computes under this prefix (SDK v1 reads
+# them there); the emulator answers both hosts on one port.
+REGIONAL_PREFIX = "/rp/workspaces"
+_REGIONAL = "^" + re.escape(REGIONAL_PREFIX)
+_ROUTES: tuple[tuple[str, bool, re.Pattern[str]], ...] = tuple(
+    (target, regional, re.compile(pattern, re.IGNORECASE))
+    for target, regional, pattern in (
+        ("subscriptions", False, r"^/subscriptions/?$"),
+        ("subscription", False, r"^/subscriptions/(?P<sub>[^/]+)/?$"),
+        ("workspace", False, "^" + _WS + r"/?$"),
+        ("list", False, "^" + _WS + r"/computes/?$"),
+        ("compute", False, "^" + _WS + r"/computes/(?P<name>[^/]+)/?$"),
+        ("operation", False, _LOC + r"/computeOperationsStatus/(?P<op>[^/]+)/?$"),
+        ("result", False, _LOC + r"/computeOperationsResults/(?P<op>[^/]+)/?$"),
+        ("list", True, _REGIONAL + _WS + r"/computes/?$"),
+        ("compute", True, _REGIONAL + _WS + r"/computes/(?P<name>[^/]+)/?$"),
     )
 )
-_SUB_ONLY = re.compile(r"^/subscriptions/(?P<sub>[^/]+)", re.IGNORECASE)
+_SUB_ONLY = re.compile(r"^(?:" + _REGIONAL + r")?/subscriptions/(?P<sub>[^/]+)", re.IGNORECASE)
+_LEADING_SLASHES = re.compile(r"^/{2,}")
 
 
 class ArmError(Exception):
@@ -53,9 +62,13 @@ class ArmError(Exception):
 
 @dataclass(frozen=True)
 class Route:
-    """A matched ARM path. `target` is workspace|list|compute|operation|result|unknown."""
+    """A matched path. `target` is subscriptions|subscription|workspace|list|compute|operation|
+    result|unknown; `regional` marks the workspace's regional API host (`/rp/workspaces/...`);
+    `path` is the path as ARM reads it (see `normalize_path`)."""
 
     target: str
+    path: str = "/"
+    regional: bool = False
     subscription: str | None = None
     resource_group: str | None = None
     workspace: str | None = None
@@ -65,17 +78,32 @@ class Route:
 
     @property
     def kind_target(self) -> str:
-        """The fault/log target; Location polls count as operation reads."""
-        return "operation" if self.target == "result" else self.target
+        """The fault/log target; Location polls count as operation reads, and the list of
+        subscriptions and one subscription are both `subscription`."""
+        if self.target == "result":
+            return "operation"
+        return "subscription" if self.target == "subscriptions" else self.target
 
 
-def match_route(path: str) -> Route:
-    for target, pattern in _ROUTES:
+def normalize_path(path: str) -> str:
+    """Read `//subscriptions/...` as `/subscriptions/...`, as ARM's front door does.
+
+    SDK v1 joins its cloud's `resource_manager` (`https://management.azure.com/`, trailing
+    slash included) with ids that start with `/`, and has always worked against ARM that way.
+    """
+    return _LEADING_SLASHES.sub("/", path)
+
+
+def match_route(raw_path: str) -> Route:
+    path = normalize_path(raw_path)
+    for target, regional, pattern in _ROUTES:
         m = pattern.match(path)
         if m:
             groups = m.groupdict()
             return Route(
                 target=target,
+                path=path,
+                regional=regional,
                 subscription=groups.get("sub"),
                 resource_group=groups.get("rg"),
                 workspace=groups.get("ws"),
@@ -84,7 +112,12 @@ def match_route(path: str) -> Route:
                 operation_id=groups.get("op"),
             )
     m = _SUB_ONLY.match(path)
-    return Route(target="unknown", subscription=m.group("sub") if m else None)
+    return Route(
+        target="unknown",
+        path=path,
+        regional=path.lower().startswith(REGIONAL_PREFIX),
+        subscription=m.group("sub") if m else None,
+    )
 
 
 def method_kind(method: str) -> str:

@@ -1,27 +1,52 @@
 """Bearer tokens for the ARM endpoints and the managed-identity token endpoint that issues them.
 
-Only SHA-256 digests of tokens are kept, so nothing that could be replayed is stored or logged.
+Minted tokens are JWTs shaped like Entra ID's v1 access tokens (`aud`, `iss`, `iat`, `nbf`,
+`exp`, `oid`, `appid`, `tid`), because clients such as SDK v1 decode them for their expiry and
+tenant. The emulator itself never trusts a token's claims: it accepts only tokens it issued (or
+was given as static tokens), and keeps only their SHA-256 digests, so nothing that could be
+replayed is stored or logged.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import json
 import secrets
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .arm import ArmError, iso_from_epoch
+from .config import DEFAULT_TENANT_ID
 
 ARM_AUDIENCES = frozenset({"https://management.azure.com", "https://management.core.windows.net"})
 IDENTITY_API_VERSION = "2019-08-01"
 _AUTHORITY = 'Bearer authorization_uri="https://login.microsoftonline.com/common"'
 
 
+# Object and application ids are derived from the principal's name, so a principal keeps its
+# ids across emulator restarts, as a real identity does.
+_PRINCIPAL_IDS = uuid.UUID("0b6f3c2a-54d1-4f5e-8f0e-2a7c9d41b6e8")
+
+
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def principal_ids(principal: str) -> tuple[str, str]:
+    """The (object id, application id) that tokens for `principal` carry."""
+    return (
+        str(uuid.uuid5(_PRINCIPAL_IDS, f"object:{principal}")),
+        str(uuid.uuid5(_PRINCIPAL_IDS, f"application:{principal}")),
+    )
 
 
 def normalize_audience(value: str) -> str:
@@ -59,8 +84,11 @@ class TokenStore:
         self,
         static_tokens: tuple[str, ...] = (),
         clock: Callable[[], float] = time.time,
+        tenant_id: str = DEFAULT_TENANT_ID,
     ) -> None:
         self._clock = clock
+        self.tenant_id = tenant_id
+        self._signing_key = secrets.token_bytes(32)
         self._tokens: dict[str, IssuedToken] = {}
         self.audiences: set[str] = set(ARM_AUDIENCES)
         for token in static_tokens:
@@ -71,12 +99,41 @@ class TokenStore:
     def mint(
         self, principal: str, expires_in: float, audience: str, source: str
     ) -> tuple[str, int]:
-        token = secrets.token_urlsafe(32)
-        expires_on = int(self._clock() + expires_in)
+        now = self._clock()
+        expires_on = int(now + expires_in)
+        token = self._jwt(principal, audience, int(min(now, expires_on - 1)), expires_on)
         self._tokens[_digest(token)] = IssuedToken(
             principal, normalize_audience(audience), source, expires_on
         )
         return token, expires_on
+
+    def _jwt(self, principal: str, audience: str, issued_at: int, expires_on: int) -> str:
+        """An Entra ID v1-style access token, signed with this store's own key (HS256)."""
+        object_id, app_id = principal_ids(principal)
+        aud = audience.strip()
+        if aud.endswith("/.default"):
+            aud = aud[: -len("/.default")]
+        claims = {
+            "aud": aud,
+            "iss": f"https://sts.windows.net/{self.tenant_id}/",
+            "iat": issued_at,
+            "nbf": issued_at,
+            "exp": expires_on,
+            "appid": app_id,
+            "appidacr": "2",
+            "idtyp": "app",
+            "oid": object_id,
+            "sub": object_id,
+            "tid": self.tenant_id,
+            "uti": secrets.token_urlsafe(16),  # unique per token, as Entra ID's
+            "ver": "1.0",
+        }
+        header = {"typ": "JWT", "alg": "HS256"}
+        signing_input = ".".join(
+            _b64url(json.dumps(part, separators=(",", ":")).encode()) for part in (header, claims)
+        )
+        signature = hmac.new(self._signing_key, signing_input.encode(), hashlib.sha256).digest()
+        return f"{signing_input}.{_b64url(signature)}"
 
     def revoke(self, sources: frozenset[str] = frozenset({"minted", "identity"})) -> int:
         doomed = [k for k, t in self._tokens.items() if t.source in sources]
@@ -205,8 +262,7 @@ class IdentityEndpoint:
         resource = query.get("resource") or query.get("scope")
         if not resource:
             return 400, {"statusCode": 400, "message": "resource is required."}
-        audience = normalize_audience(resource)
-        token, expires_on = self.tokens.mint(self.principal, self._lifetime(), audience, "identity")
+        token, expires_on = self.tokens.mint(self.principal, self._lifetime(), resource, "identity")
         return 200, {
             "access_token": token,
             "expires_on": str(expires_on),

@@ -7,9 +7,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEFAULT_API_VERSIONS = frozenset({"2020-02-02", "2020-06-01", "2021-07-01", "2023-04-01"})
+# GA api-versions of Microsoft.MachineLearningServices that clients of this emulator send:
+# 2020-02-02 (SDK v1 computes), 2022-05-01 (SDK v1 workspaces), the operator's and a few others.
+DEFAULT_API_VERSIONS = frozenset(
+    {"2020-02-02", "2020-06-01", "2021-04-01", "2021-07-01", "2022-05-01", "2023-04-01"}
+)
 # Only the SDK v1's api-versions know the `Batch` compute type; later specs dropped it.
 BATCH_MAX_API_VERSION = "2021-01-01"
+# Microsoft.Resources versions for the subscription routes (SDK v1 lists with 2022-12-01).
+SUBSCRIPTION_API_VERSIONS = frozenset(
+    {
+        "2014-04-01",
+        "2015-01-01",
+        "2016-06-01",
+        "2018-06-01",
+        "2019-06-01",
+        "2019-11-01",
+        "2020-01-01",
+        "2021-01-01",
+        "2022-12-01",
+    }
+)
+# The tenant the emulated subscriptions belong to; it is the `tid` of every token minted.
+DEFAULT_TENANT_ID = "5f0a1e9c-7b3d-4c2e-9a61-0c8d2b7e4f13"
 
 
 @dataclass
@@ -75,6 +95,7 @@ class EmulatorConfig:
     token_lifetime_seconds: int = 3600
     api_versions: frozenset[str] = DEFAULT_API_VERSIONS
     identity_header: str | None = None
+    tenant_id: str = DEFAULT_TENANT_ID
     # "flat": {"error": {code, message}}; "nested": {"error": {"error": {...}}} as older versions.
     operation_error_style: str = "flat"
     request_log_limit: int = 100_000
@@ -119,9 +140,13 @@ class EmulatorConfig:
             updates["throttle"] = None if raw is None else ThrottleConfig.from_json(raw)
         if "api_versions" in data:
             versions = data["api_versions"]
-            if not isinstance(versions, list) or not all(isinstance(v, str) for v in versions):
+            if not isinstance(versions, list) or not all(
+                isinstance(v, str) and v for v in versions
+            ):
                 raise ValueError("api_versions must be a list of strings")
-            updates["api_versions"] = frozenset(versions)
+            # Added to the accepted versions, never replacing them: a test that needs one more
+            # version must not take away the ones other clients of the emulator are using.
+            updates["api_versions"] = self.api_versions | frozenset(versions)
         if "operation_error_style" in data:
             if data["operation_error_style"] not in ("flat", "nested"):
                 raise ValueError("operation_error_style must be 'flat' or 'nested'")

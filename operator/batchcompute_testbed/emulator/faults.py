@@ -11,7 +11,18 @@ from .operations import ForcedOutcome
 
 METHODS = frozenset({"GET", "PUT", "DELETE", "POST", "PATCH", "HEAD"})
 KINDS = frozenset(
-    {"read", "write", "delete", "operation", "list", "workspace", "compute", "identity"}
+    {
+        "read",
+        "write",
+        "delete",
+        "operation",
+        "list",
+        "workspace",
+        "compute",
+        "identity",
+        "subscription",
+        "discovery",
+    }
 )
 
 

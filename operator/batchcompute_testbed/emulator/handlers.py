@@ -1,4 +1,5 @@
-"""The ARM resource handlers: workspace, computes (get, list, put, delete) and operations."""
+"""The resource handlers: subscriptions, workspace, computes (get, list, put, delete),
+operations, and the workspace's discovery document."""
 
 from __future__ import annotations
 
@@ -16,11 +17,28 @@ from .arm import parse_batch_account_id as parse_account
 from .config import BATCH_MAX_API_VERSION
 from .operations import Operation
 from .runtime import Emulator
-from .state import Compute, Workspace
+from .state import Compute, Workspace, subscription_json
 
 # The service gives no pattern for compute names; its own messages for compute instances allow
 # 3-24 letters, digits and '-', starting with a letter. The same conservative rule applies here.
 COMPUTE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{2,23}$")
+# ARM's limit on tag name/value pairs per resource; ARM refuses more before the resource
+# provider sees the request.
+MAX_TAGS = 50
+# The services a workspace's discovery document names; SDK v1 looks each of them up.
+DISCOVERY_KEYS = (
+    "api",
+    "catalog",
+    "experimentation",
+    "gallery",
+    "history",
+    "hyperdrive",
+    "labeling",
+    "modelmanagement",
+    "pipelines",
+    "studio",
+    "studiocoreservices",
+)
 
 
 def _base(request: web.Request) -> str:
@@ -49,10 +67,34 @@ def _operation_headers(
     }
 
 
+async def list_subscriptions(
+    emu: Emulator, request: web.Request, route: Route, api_version: str
+) -> web.Response:
+    """Every seeded subscription: the caller's token is valid for all of them."""
+    tenant = emu.config.tenant_id
+    value = [subscription_json(sub, tenant) for sub in emu.store.subscriptions.values()]
+    return json_response({"value": value, "count": {"type": "Total", "value": len(value)}})
+
+
+async def get_subscription(
+    emu: Emulator, request: web.Request, route: Route, api_version: str
+) -> web.Response:
+    assert route.subscription is not None
+    emu.store.check_subscription(route.subscription)
+    spelled = emu.store.subscriptions[route.subscription.lower()]
+    return json_response(subscription_json(spelled, emu.config.tenant_id))
+
+
 async def get_workspace(
     emu: Emulator, request: web.Request, route: Route, api_version: str
 ) -> web.Response:
-    return json_response(_workspace(emu, route).to_json())
+    return json_response(_workspace(emu, route).to_json(_base(request)))
+
+
+def discovery_document(request: web.Request) -> dict[str, str]:
+    """The answer of a workspace's `discoveryUrl`: every service of the region is this host,
+    so no client that follows it leaves the emulator."""
+    return dict.fromkeys(DISCOVERY_KEYS, _base(request))
 
 
 async def get_compute(
@@ -112,6 +154,13 @@ def _parse_put(raw: bytes, ws: Workspace, api_version: str) -> dict[str, Any]:
         ) from exc
     if not isinstance(payload, dict):
         raise _validation("The request content must be a JSON object.", "InvalidRequestContent")
+    tags = payload.get("tags")
+    if isinstance(tags, dict) and len(tags) > MAX_TAGS:
+        raise _validation(
+            f"Too many tags specified. Requested tag count - '{len(tags)}'. Maximum number of "
+            f"tags allowed - '{MAX_TAGS}'.",
+            "InvalidTags",
+        )
     location = payload.get("location")
     if not isinstance(location, str) or not location:
         raise _validation(
@@ -122,7 +171,6 @@ def _parse_put(raw: bytes, ws: Workspace, api_version: str) -> dict[str, Any]:
             f"The compute location '{location}' must be the workspace location '{ws.location}'.",
             "InvalidLocation",
         )
-    tags = payload.get("tags")
     if tags is not None and (
         not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values())
     ):

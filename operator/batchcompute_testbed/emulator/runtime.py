@@ -25,7 +25,7 @@ class Emulator:
         self.operations = OperationRunner(self.store, config)
         self.throttler = Throttler(config.throttle)
         self.faults = FaultBook()
-        self.tokens = TokenStore(config.static_tokens)
+        self.tokens = TokenStore(config.static_tokens, tenant_id=config.tenant_id)
         self.identity = IdentityEndpoint(
             self.tokens,
             config.identity_header or secrets.token_urlsafe(24),

@@ -48,7 +48,9 @@ class Workspace:
         """The region segment used in operation URLs (`westeurope`)."""
         return normalize_location(self.location)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, base_url: str) -> dict[str, Any]:
+        """`base_url` is where the client reached the emulator: the workspace's discovery
+        document (and so its regional API host) is served there too."""
         return {
             "id": workspace_id(self.subscription, self.resource_group, self.name),
             "name": self.name,
@@ -62,7 +64,7 @@ class Workspace:
                 "provisioningState": "Succeeded",
                 "workspaceId": self.workspace_guid,
                 "creationTime": self.created,
-                "discoveryUrl": f"https://{self.operation_location}.api.azureml.ms/discovery",
+                "discoveryUrl": f"{base_url}/discovery",
             },
         }
 
@@ -106,13 +108,17 @@ class Compute:
         )
 
     def to_json(self) -> dict[str, Any]:
+        properties = dict(self.properties)
+        # The service always sends the type-specific `properties` bag, null when a type (Batch
+        # among them) has none; SDK v1's compute classes refuse a compute without it.
+        properties.setdefault("properties", None)
         return {
             "id": compute_id(self.subscription, self.resource_group, self.workspace, self.name),
             "name": self.name,
             "type": COMPUTE_TYPE,
             "location": self.location,
             "tags": None if self.tags is None else dict(self.tags),
-            "properties": dict(self.properties),
+            "properties": properties,
         }
 
 
@@ -127,6 +133,24 @@ def _seed_items(data: Any, key: str) -> list[dict[str, str]]:
             if not isinstance(item.get(field_name), str) or not item[field_name]:
                 raise ValueError(f"{key}[].{field_name} must be a non-empty string")
     return items
+
+
+def subscription_json(subscription: str, tenant_id: str) -> dict[str, Any]:
+    """A subscription as ARM's Microsoft.Resources lists it (api-version 2022-12-01)."""
+    return {
+        "id": f"/subscriptions/{subscription}",
+        "authorizationSource": "RoleBased",
+        "managedByTenants": [],
+        "subscriptionId": subscription,
+        "tenantId": tenant_id,
+        "displayName": f"Emulated subscription {subscription[:8]}",
+        "state": "Enabled",
+        "subscriptionPolicies": {
+            "locationPlacementId": "Public_2014-09-01",
+            "quotaId": "PayAsYouGo_2014-09-01",
+            "spendingLimit": "Off",
+        },
+    }
 
 
 class Store:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -66,6 +68,21 @@ def attach_body(resource_id: str | None = None, **extra: Any) -> dict[str, Any]:
     props: dict[str, Any] = {"computeType": "Batch", "resourceId": resource_id or batch_id()}
     props.update(extra.pop("properties", {}))
     return {"location": WS_LOCATION, "properties": props, **extra}
+
+
+def regional_path(path: str) -> str:
+    """The same resource on the workspace's regional API host, as SDK v1 reads it."""
+    return f"/rp/workspaces{path}"
+
+
+def jwt_claims(token: str) -> dict[str, Any]:
+    """A JWT's claims without checking its signature, as SDK v1 reads them."""
+    header, payload, signature = token.split(".")
+    assert header and signature
+    claims: dict[str, Any] = json.loads(
+        base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    )
+    return claims
 
 
 async def wait_for(

@@ -93,6 +93,7 @@ async def test_full_attach_and_detach_cycle(
             "modifiedOn": compute["properties"]["modifiedOn"],
             "resourceId": batch_id(),
             "isAttachedCompute": True,
+            "properties": None,  # the type-specific bag: Batch has none
         },
     }
     result = await client.get(created.headers["Location"])
