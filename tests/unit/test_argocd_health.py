@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 import subprocess
 from functools import cache
@@ -197,8 +198,22 @@ def test_argocd_cm_patch_installs_exactly_health_lua() -> None:
         "deploy/argocd/argocd-cm-patch.yaml must carry deploy/argocd/health.lua verbatim")
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def kustomize_version(kubectl: str) -> tuple[int, int]:
+    """The kustomize built into kubectl ((0, 0) when kubectl does not say: before 1.24)."""
+    shown = subprocess.run([kubectl, "version", "--client", "-o", "json"],
+                           capture_output=True, text=True, timeout=60, check=False).stdout
+    try:
+        version = str(json.loads(shown).get("kustomizeVersion", ""))
+    except ValueError:
+        version = ""
+    found = re.match(r"v(\d+)\.(\d+)", version)
+    return (int(found[1]), int(found[2])) if found else (0, 0)
+
+
 def test_the_kustomize_component_adds_the_key_and_keeps_the_others(tmp_path: Path) -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None or kustomize_version(kubectl) < (3, 7):
+        pytest.skip("needs kubectl with kustomize v3.7+ (Components)")
     (tmp_path / "argocd-cm.yaml").write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": "argocd-cm", "namespace": "argocd"},
@@ -206,7 +221,7 @@ def test_the_kustomize_component_adds_the_key_and_keeps_the_others(tmp_path: Pat
     (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
         "resources": ["argocd-cm.yaml"], "components": ["argocd"]}))
     shutil.copytree(PATCH_FILE.parent, tmp_path / "argocd")
-    rendered = subprocess.run(["kubectl", "kustomize", str(tmp_path)],
+    rendered = subprocess.run([kubectl, "kustomize", str(tmp_path)],
                               check=True, capture_output=True, text=True, timeout=60).stdout
     data = yaml.safe_load(rendered)["data"]
     assert data == {"url": "https://argocd.example.com", HEALTH_KEY: health_script()}
