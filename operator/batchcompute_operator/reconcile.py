@@ -571,7 +571,9 @@ def decide_failure(failure: Failure, s: Situation, *, detaching: bool) -> Decisi
             "Throttled" if failure.throttled else \
             "AuthenticationFailed" if failure.code.startswith(("InvalidAuthentication",
                                                                 "ExpiredAuthentication",
-                                                                "AuthenticationFailed")) \
+                                                                "AuthenticationFailed",
+                                                                "TokenRequestFailed",
+                                                                "TokenRefused")) \
             else "Retrying"
         message = f"{text} (retrying)"
         conditions: tuple[cond.Condition, ...] = tuple(cond.progressing(reason, message))

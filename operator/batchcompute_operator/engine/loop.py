@@ -622,10 +622,9 @@ def classify(err: ArmError, target: str) -> Failure:
     if isinstance(err, CredentialsUnavailable):
         return Failure(err.code, err.message, err.retryable, source="identity",
                        target="credentials")
-    source = "identity" if isinstance(err, AuthenticationFailed) and err.code == \
-        "AuthenticationFailed" else "ARM"
+    origin = getattr(err, "origin", "ARM")
     return Failure(err.code or f"HTTP{err.status}", err.message, err.retryable,
-                   throttled=err.throttled, source=source, target=target)
+                   throttled=err.throttled, source=str(origin), target=target)
 
 
 def describe_failure(failure: Failure) -> str:
@@ -633,7 +632,7 @@ def describe_failure(failure: Failure) -> str:
         return f"no usable credentials: {failure.message}"
     if failure.source == "ARM":
         return f"ARM answered {failure.code}: {failure.message}"
-    return f"the {failure.source} endpoint failed: {failure.message}"
+    return f"{failure.source} failed: {failure.message}"
 
 
 def _context(record: Record) -> dict[str, dict[str, str]]:
