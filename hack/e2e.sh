@@ -35,9 +35,9 @@ image_entry() {  # image_entry NAME REFERENCE
   local last=${repo_part##*/}
   case "$last" in *:*) tag=${last##*:}; repo_part=${repo_part%:*} ;; esac
   [ -n "$tag$digest" ] || tag=latest  # as docker reads a reference without either
-  printf '  - name: %s\n    newName: %s\n' "$name" "$repo_part"
+  printf '  - name: "%s"\n    newName: "%s"\n' "$name" "$repo_part"
   [ -n "$tag" ] && printf '    newTag: "%s"\n' "$tag"
-  [ -n "$digest" ] && printf '    digest: %s\n' "$digest"
+  [ -n "$digest" ] && printf '    digest: "%s"\n' "$digest"
   return 0
 }
 
