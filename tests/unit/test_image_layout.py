@@ -4,8 +4,8 @@ The Dockerfile is read stage by stage, and its builder stage is replayed on this
 the files its COPY instructions take from the build context (as .dockerignore leaves it), a
 fresh virtualenv, `pip install --require-hashes -r requirements.lock`, the operator built
 without build isolation, the installers removed, then `python -m batchcompute_operator` from
-that virtualenv alone. The replay takes about 20 s with the local package index, and runs
-only on the image's Python version.
+that virtualenv alone. The replay takes about 45 s once `make venv` has filled pip's cache,
+and runs only on the image's Python version.
 """
 
 from __future__ import annotations
@@ -297,7 +297,9 @@ def test_image_virtualenv_runs_the_operator(tmp_path: Path, builder: Stage) -> N
         return result
 
     python = _venv_python(venv)
-    pip = (python, "-m", "pip", "install", "--no-cache-dir")
+    # Unlike the image build: pip's cache is used (make venv filled it with the same files,
+    # hash-checked again on install) and no bytecode is compiled, which halves the time.
+    pip = (python, "-m", "pip", "install", "--no-compile")
     run(sys.executable, "-m", "venv", venv)
     run(*pip, "--require-hashes", "-r", "requirements.lock")
     run(*pip, "--no-deps", "--no-build-isolation", ".")
