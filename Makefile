@@ -41,8 +41,9 @@ controlplane: ## install etcd and build (once, cached) kube-apiserver for the te
 	@bash hack/install-controlplane.sh >/dev/null
 
 .PHONY: test
-test: venv controlplane test-pythons ## unit tests on every Python, then integration tests on a real kube-apiserver + the ARM emulator
+test: venv controlplane test-pythons ## unit tests on every Python, integration tests on a real kube-apiserver + the ARM emulator, the e2e rehearsal
 	$(BIN)/pytest tests/integration -q $(PYTEST_ARGS)
+	$(BIN)/python hack/e2e/rehearse.py
 
 .PHONY: test-pythons
 test-pythons: venv ## the unit suite on each of PYTHON_VERSIONS (.venv serves its own; others: .venv/pythons/3.X)
@@ -111,6 +112,10 @@ undeploy: ## detach every attachment (the operator still running), then remove t
 e2e: venv ## on a machine with Docker: kind, both images, deploy IMAGE, scenarios against the Deployment
 	IMAGE=$(IMAGE) EMULATOR_IMAGE=$(EMULATOR_IMAGE) KIND_CLUSTER=$(KIND_CLUSTER) VERSION=$(VERSION) \
 	  PYTHON=$(BIN)/python bash hack/e2e.sh run
+
+.PHONY: e2e-rehearse
+e2e-rehearse: venv controlplane ## without Docker: e2e's scenarios, its rendered settings, host processes on the test bed
+	$(BIN)/python hack/e2e/rehearse.py
 
 .PHONY: clean
 clean: ## remove the virtualenv and caches (the cached kube-apiserver stays in ~/.cache)
