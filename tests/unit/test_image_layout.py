@@ -325,3 +325,10 @@ def test_image_virtualenv_runs_the_operator(tmp_path: Path, builder: Stage) -> N
     )
     assert probe.returncode != 0, "the test bed package is installed in the image"
     assert not (venv / "bin" / "pip").exists()
+
+    # The emulator stage (make e2e): the same virtualenv and the test bed's source suffice.
+    testbed = tmp_path / "testbed"
+    shutil.copytree(context / "operator" / "batchcompute_testbed", testbed / "batchcompute_testbed")
+    env["PYTHONPATH"] = str(testbed)
+    emulator = run(python, "-m", "batchcompute_testbed.emulator", "--help", cwd=elsewhere)
+    assert "--identity-header" in emulator.stdout
