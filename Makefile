@@ -5,36 +5,58 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)
-IMAGE ?= ghcr.io/batchcompute-operator/batchcompute-operator:0.1.0
+LOCKS := requirements.lock requirements-dev.lock
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCKS) | sha1sum | cut -c1-12)
+# The version is written once, in pyproject.toml; everything below derives from it.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
+IMAGE_REPO ?= ghcr.io/batchcompute-operator/batchcompute-operator
+IMAGE ?= $(IMAGE_REPO):$(VERSION)
+# The ARM emulator for `make e2e` (the Dockerfile's `emulator` stage); never released.
+EMULATOR_IMAGE ?= $(IMAGE_REPO)-e2e-emulator:$(VERSION)
 KIND_CLUSTER ?= batchcompute-e2e
+# The Pythons the unit suite runs on (`make test-pythons`); pyproject's classifiers list
+# the same (tests/unit/test_release_packaging.py).
+PYTHON_VERSIONS ?= 3.11 3.12 3.13
+UV_VERSION := 0.13.9
 N ?= 1000
 PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)/operator
 
 .PHONY: help
 help: ## list the targets
-	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 $(STAMP):
-	@command -v $(PYTHON) >/dev/null || { apt-get update -qq && apt-get install -y -qq python3 python3-venv; }
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c requirements.lock -e '.[dev]'
-	@rm -f $(VENV)/.installed-* && touch $@
+	bash hack/venv.sh $(PYTHON) $(VENV)
 
 .PHONY: venv
-venv: $(STAMP) ## create .venv with the pinned dependencies
+venv: $(STAMP) ## create .venv from requirements-dev.lock (--require-hashes)
+
+.PHONY: lock
+lock: ## re-resolve requirements.lock and requirements-dev.lock from pyproject.toml (uv, hashes)
+	UV_VERSION=$(UV_VERSION) PYTHON=$(PYTHON) LOCK_TOOLS_VENV=$(VENV)/lock-tools bash hack/lock.sh
 
 .PHONY: controlplane
 controlplane: ## install etcd and build (once, cached) kube-apiserver for the test bed
 	@bash hack/install-controlplane.sh >/dev/null
 
 .PHONY: test
-test: venv controlplane ## unit tests, then integration tests on a real kube-apiserver + the ARM emulator
-	$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
+test: venv controlplane test-pythons ## unit tests on every Python, SDK v1 interop, integration tests on a real kube-apiserver + the ARM emulator, the e2e rehearsal
 	$(MAKE) --no-print-directory test-interop
 	$(BIN)/pytest tests/integration -q $(PYTEST_ARGS)
+	$(BIN)/python hack/e2e/rehearse.py
+
+.PHONY: test-pythons
+test-pythons: venv ## the unit suite on each of PYTHON_VERSIONS (.venv serves its own; others: .venv/pythons/3.X)
+	@own=$$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	for v in $(PYTHON_VERSIONS); do \
+	  if [ "$$v" = "$$own" ]; then env=$(VENV); else \
+	    env=$(VENV)/pythons/$$v; python=$$(bash hack/find-python.sh $$v) && bash hack/venv.sh $$python $$env || exit 1; \
+	  fi; \
+	  echo "== unit suite on Python $$v ($$env)"; start=$$SECONDS; \
+	  $$env/bin/pytest tests/unit -q -p no:cacheprovider $(PYTEST_ARGS) || exit 1; \
+	  echo "== Python $$v: $$((SECONDS - start)) s"; \
+	done
 
 .PHONY: test-interop
 test-interop: venv ## Azure ML SDK v1 (its own cached venv) against the emulator, network-isolated
@@ -63,9 +85,26 @@ run: venv ## run the operator against the current kubeconfig (BCO_* variables co
 bench: venv controlplane ## benchmark N attachments (default 1000) at ARM's throttle limits
 	$(BIN)/python -m bench --n $(N) --curve 100,300 --footprint 5000
 
+.PHONY: version
+version: ## print the version (pyproject.toml) and the image it is released as
+	@echo "$(VERSION) $(IMAGE_REPO):$(VERSION) (git tag v$(VERSION))"
+
+.PHONY: version-sync
+version-sync: ## write the version into deploy/'s image reference (after bumping pyproject.toml)
+	bash hack/version-sync.sh $(IMAGE_REPO) $(VERSION)
+
 .PHONY: image
-image: ## build the container image (needs a Docker engine)
-	docker build -t $(IMAGE) .
+image: ## build the operator image, tagged and labelled with the version (needs a Docker engine)
+	docker build --build-arg VERSION=$(VERSION) -t $(IMAGE) .
+
+.PHONY: release
+release: version-sync image ## version-sync, then the image; tag the commit v$(VERSION) (see CHANGELOG.md)
+	@echo "next: git tag -a v$(VERSION) -m 'batchcompute-operator $(VERSION)' && docker push $(IMAGE)"
+
+.PHONY: peering-crds
+peering-crds: ## once per cluster, for HA: kopf's shared peering CRDs (idempotent, never deleted by undeploy)
+	kubectl apply --server-side --field-manager=kopf-peering-crds -k deploy/kopf-peering
+	kubectl wait --for condition=Established --timeout=60s crd/clusterkopfpeerings.kopf.dev crd/kopfpeerings.kopf.dev
 
 .PHONY: deploy
 deploy: ## install CRD, RBAC and the operator into the current cluster
@@ -77,17 +116,13 @@ undeploy: ## detach every attachment (the operator still running), then remove t
 	kubectl delete -k deploy/default --ignore-not-found
 
 .PHONY: e2e
-e2e: venv ## on a machine with Docker: kind cluster, image, deploy, integration suite, teardown
-	kind create cluster --name $(KIND_CLUSTER)
-	trap 'kind delete cluster --name $(KIND_CLUSTER)' EXIT; \
-	docker build -t $(IMAGE) . && kind load docker-image $(IMAGE) --name $(KIND_CLUSTER) && \
-	kubectl --context kind-$(KIND_CLUSTER) apply -k deploy/ && \
-	kind get kubeconfig --name $(KIND_CLUSTER) > $(VENV)/kind.kubeconfig && \
-	BCO_KUBECONFIG=$(VENV)/kind.kubeconfig $(BIN)/pytest tests/integration -q
+e2e: venv ## on a machine with Docker: kind, both images, deploy IMAGE, scenarios against the Deployment
+	IMAGE=$(IMAGE) EMULATOR_IMAGE=$(EMULATOR_IMAGE) KIND_CLUSTER=$(KIND_CLUSTER) VERSION=$(VERSION) \
+	  PYTHON=$(BIN)/python bash hack/e2e.sh run
 
-.PHONY: lock
-lock: venv ## re-pin requirements.lock from the current virtualenv
-	$(BIN)/pip freeze --exclude-editable | grep -v '^batchcompute' | sed '1i # Pinned versions (make lock)' > requirements.lock
+.PHONY: e2e-rehearse
+e2e-rehearse: venv controlplane ## without Docker: e2e's scenarios, its rendered settings, host processes on the test bed
+	$(BIN)/python hack/e2e/rehearse.py
 
 .PHONY: clean
 clean: ## remove the virtualenv and caches (the cached kube-apiserver stays in ~/.cache)

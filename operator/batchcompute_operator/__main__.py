@@ -32,6 +32,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--allow-insecure-http", action="store_true",
                         help="allow a plain-http ARM endpoint (local development only)")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
+    from batchcompute_operator import __version__  # the package metadata's (pyproject.toml)
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser.parse_args(argv)
 
 

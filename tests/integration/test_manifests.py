@@ -7,9 +7,14 @@ because a dry run cannot create them for the objects that follow: the CRDs (the 
 the peering object need their kinds served) and the namespaces (namespaced objects need
 their namespace to exist). They are applied idempotently and left in place: the suite shares
 one control plane, and the test bed has no namespace controller, so a deleted namespace
-would stay Terminating for every later test. The kopf peering CRDs, which no other test
-needs, and the RBAC objects, which change what the operator identity may do, are removed
-afterwards when this module created them.
+would stay Terminating for every later test. The kopf peering CRDs (deploy/kopf-peering),
+the stand-in ServiceMonitor CRD the monitoring component needs, and the RBAC objects, which
+change what the operator identity may do, are removed afterwards when this module created
+them.
+
+Besides deploy/ and its overlays, the optional components are rendered on top of the
+overlays they are meant for, and the kind overlay exactly as `make e2e` applies it
+(`hack/e2e.sh render` with its images set): every object `make e2e` applies is dry-run here.
 
 Two adaptations for the test bed's v1.20 API server, each applied only when the server
 lacks the feature: `x-kubernetes-validations` (CEL, v1.25+) is removed from the CRD before
@@ -21,8 +26,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 import subprocess
+import tomllib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,14 +53,31 @@ GROUP = "batchcompute.azureml.dev"
 PLURAL = "batchcomputeattachments"
 CRD_NAME = f"{PLURAL}.{GROUP}"
 PEERING_CRDS = ("clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev")
+SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
 OPERATOR_NAMESPACE = "batchcompute-system"
 OPERATOR_SA = "batchcompute-operator"
+CONFIG = "batchcompute-operator-config"  # generated: CONFIG-<hash of the content>
 WATCHED_NAMESPACE = "ml-team-a"  # deploy/overlays/single-namespace
 HEALTH_PORT = 8080
+METRICS_PORT = 8081
+IMAGE_REPO = "ghcr.io/batchcompute-operator/batchcompute-operator"
+E2E_IMAGE = "registry.example:5000/bco/operator:e2e-test"
+E2E_EMULATOR_IMAGE = "registry.example:5000/bco/emulator@sha256:" + "ab" * 32
+# Settings the Deployment sets that the operator gains with its readiness and metrics
+# endpoints and JSON logs; until config.py reads them they are accepted here by name.
+PENDING_SETTINGS = {"BCO_METRICS_PORT", "BCO_LOG_FORMAT"}
 RENDERINGS = {
     "default": DEPLOY,
     "single-namespace": DEPLOY / "overlays" / "single-namespace",
     "ha": DEPLOY / "overlays" / "ha",
+}
+# Optional components, rendered on top of the overlay named first.
+COMPOSED = {
+    "default+monitoring": (DEPLOY / "default", ("monitoring",)),
+    "ha+monitoring+priority-class": (
+        DEPLOY / "overlays" / "ha",
+        ("monitoring", "priority-class"),
+    ),
 }
 
 Rule = tuple[str, str, str, tuple[str, ...]]  # (apiGroup, resource, verb, resourceNames)
@@ -90,6 +114,80 @@ def kustomize(path: Path) -> list[dict[str, Any]]:
 
 def load(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def kustomize_composed(
+    tmp: Path, base: Path, components: Sequence[str] = (), **extra: Any
+) -> list[dict[str, Any]]:
+    """A kustomization of one's own on top of `base`, as a user's overlay would be."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(base, tmp)],
+        **extra,
+    }
+    if components:
+        kustomization["components"] = [
+            os.path.relpath(DEPLOY / "components" / c, tmp) for c in components
+        ]
+    (tmp / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    return kustomize(tmp)
+
+
+def render_composed(name: str, tmp: Path) -> list[dict[str, Any]]:
+    base, components = COMPOSED[name]
+    return kustomize_composed(tmp / name, base, components)
+
+
+def render_e2e() -> list[dict[str, Any]]:
+    """What `make e2e` applies, through the same script."""
+    env = {**os.environ, "IMAGE": E2E_IMAGE, "EMULATOR_IMAGE": E2E_EMULATOR_IMAGE}
+    result = subprocess.run(
+        ["bash", str(REPO_ROOT / "hack" / "e2e.sh"), "render"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def version() -> str:
+    with (REPO_ROOT / "pyproject.toml").open("rb") as f:
+        value: str = tomllib.load(f)["project"]["version"]
+    return value
+
+
+def config_of(objects: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The generated settings ConfigMap, checked to be the one the Deployment loads."""
+    (config,) = [
+        o
+        for o in by_kind(objects, "ConfigMap")
+        if o["metadata"]["name"].startswith(f"{CONFIG}-")
+    ]
+    deployment = one(objects, "Deployment", "batchcompute-operator")
+    container = manager(deployment)
+    assert container["envFrom"] == [{"configMapRef": {"name": config["metadata"]["name"]}}]
+    return config
+
+
+def manager(deployment: dict[str, Any]) -> dict[str, Any]:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    (container,) = [c for c in containers if c["name"] == "manager"]
+    found: dict[str, Any] = container
+    return found
+
+
+def deployment_settings(objects: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """The BCO_* settings the operator starts with: the ConfigMap's, then the container's."""
+    settings = dict(config_of(objects)["data"])
+    container = manager(one(objects, "Deployment", "batchcompute-operator"))
+    for env in container.get("env", []):
+        if env["name"].startswith("BCO_"):
+            settings[env["name"]] = env["value"]
+    return settings
 
 
 def by_kind(objects: Sequence[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -246,13 +344,61 @@ def attachment_crd(kubectl: Kubectl, server_caps: dict[str, bool]) -> str:
 
 @pytest.fixture(scope="module")
 def peering_crds(kubectl: Kubectl, server_caps: dict[str, bool]) -> Iterator[None]:
-    """kopf's peering CRDs from the HA overlay, installed for the test and removed after."""
+    """kopf's peering CRDs (deploy/kopf-peering, the step `make peering-crds` runs), really
+    installed twice the way that step does it (it must be idempotent), removed after."""
     created = [name for name in PEERING_CRDS if not kubectl.exists("crd", name)]
-    crds = load(DEPLOY / "overlays" / "ha" / "kopf-peering-crds.yaml")
+    crds = kustomize(DEPLOY / "kopf-peering")
+    for _ in range(2):
+        out = kubectl.run(
+            "apply", "--server-side", "--field-manager=kopf-peering-crds", "-f", "-",
+            stdin=as_yaml(for_server(crds, server_caps)),
+        ).stdout  # fmt: skip
+        assert out.count("serverside-applied") == len(crds), out
     install_crds(kubectl, crds, server_caps)
     yield
     for name in created:
         kubectl.run("delete", "crd", name, "--wait=true")
+
+
+# A minimal stand-in for the Prometheus Operator's ServiceMonitor CRD: the kind served, its
+# schema left open. Enough for the API server to accept (and dry-run) a ServiceMonitor.
+SERVICE_MONITOR_STAND_IN = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": SERVICE_MONITOR_CRD},
+    "spec": {
+        "group": "monitoring.coreos.com",
+        "scope": "Namespaced",
+        "names": {
+            "kind": "ServiceMonitor",
+            "listKind": "ServiceMonitorList",
+            "plural": "servicemonitors",
+            "singular": "servicemonitor",
+        },
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "x-kubernetes-preserve-unknown-fields": True,
+                    }
+                },
+            }
+        ],
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def service_monitor_crd(kubectl: Kubectl, server_caps: dict[str, bool]) -> Iterator[None]:
+    created = not kubectl.exists("crd", SERVICE_MONITOR_CRD)
+    install_crds(kubectl, [SERVICE_MONITOR_STAND_IN], server_caps)
+    yield
+    if created:
+        kubectl.run("delete", "crd", SERVICE_MONITOR_CRD, "--wait=true")
 
 
 # -- rendering ---------------------------------------------------------------------------
@@ -268,9 +414,9 @@ def test_top_level_renders_the_default_install() -> None:
         ("ServiceAccount", OPERATOR_SA),
         ("ClusterRole", "batchcompute-operator"),
         ("ClusterRoleBinding", "batchcompute-operator"),
-        ("ConfigMap", "batchcompute-operator-config"),
         ("Deployment", "batchcompute-operator"),
     } <= kinds
+    config_of(top)
 
 
 def test_crd_is_the_one_in_crds() -> None:
@@ -302,7 +448,7 @@ def test_deployment_is_hardened_and_probed() -> None:
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
 
     (container,) = pod["containers"]
-    assert container["image"] == "ghcr.io/batchcompute-operator/batchcompute-operator:0.1.0"
+    assert container["image"] == f"{IMAGE_REPO}:{version()}"  # make version-sync
     assert "command" not in container and "args" not in container  # the image's entrypoint
     security = container["securityContext"]
     assert security["runAsNonRoot"] is True
@@ -311,17 +457,30 @@ def test_deployment_is_hardened_and_probed() -> None:
     assert security["allowPrivilegeEscalation"] is False
     assert security["capabilities"] == {"drop": ["ALL"]}
     assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    # Sized from `make bench` (README, Performance); provisional until the memory redesign.
     assert container["resources"] == {
-        "requests": {"cpu": "100m", "memory": "128Mi"},
-        "limits": {"cpu": "500m", "memory": "256Mi"},
+        "requests": {"cpu": "100m", "memory": "192Mi"},
+        "limits": {"cpu": "500m", "memory": "384Mi"},
     }
 
-    (port,) = container["ports"]
-    assert port["containerPort"] == HEALTH_PORT
-    for probe in ("livenessProbe", "readinessProbe"):
-        http = container[probe]["httpGet"]
-        assert http["path"] == "/healthz"
-        assert http["port"] in (HEALTH_PORT, port["name"])
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"health": HEALTH_PORT, "metrics": METRICS_PORT}
+    settings = deployment_settings(objects)
+    assert settings["BCO_HEALTH_PORT"] == str(HEALTH_PORT)
+    assert settings["BCO_METRICS_PORT"] == str(METRICS_PORT)
+    assert settings["BCO_LOG_FORMAT"] == "json"
+    probes = {
+        probe: (container[probe]["httpGet"]["path"], container[probe]["httpGet"]["port"])
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe")
+    }
+    assert probes == {
+        "startupProbe": ("/healthz", "health"),
+        "livenessProbe": ("/healthz", "health"),
+        "readinessProbe": ("/readyz", "health"),
+    }
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 60  # time to start
+    assert "initialDelaySeconds" not in container["livenessProbe"]  # the startup probe gates it
 
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
@@ -329,7 +488,7 @@ def test_deployment_is_hardened_and_probed() -> None:
     env = {e["name"]: e for e in container["env"]}
     assert env["TMPDIR"]["value"] == "/tmp"
     assert env["POD_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-    assert container["envFrom"] == [{"configMapRef": {"name": "batchcompute-operator-config"}}]
+    config_of(objects)
 
     account = one(objects, "ServiceAccount", OPERATOR_SA)
     assert account["metadata"]["namespace"] == OPERATOR_NAMESPACE
@@ -338,18 +497,56 @@ def test_deployment_is_hardened_and_probed() -> None:
 
 @pytest.mark.parametrize("rendering", sorted(RENDERINGS))
 def test_config_is_accepted_by_the_operator(rendering: str) -> None:
-    """The ConfigMap holds only known BCO_* settings, and the operator starts with them."""
-    config = one(kustomize(RENDERINGS[rendering]), "ConfigMap", "batchcompute-operator-config")
-    data = config["data"]
+    """The ConfigMap and the container hold only known BCO_* settings, and the operator
+    starts with them."""
+    objects = kustomize(RENDERINGS[rendering])
+    data = config_of(objects)["data"]
     known = (REPO_ROOT / "operator" / "batchcompute_operator" / "config.py").read_text()
     for key, value in data.items():
         assert key.startswith("BCO_") and key in known, f"unknown setting {key}"
         assert isinstance(value, str), f"{key} must be a string, got {value!r}"
-    settings = Settings.from_env(data)
+    settings_env = deployment_settings(objects)
+    for key in settings_env:
+        assert key in known or key in PENDING_SETTINGS, f"unknown setting {key}"
+    settings = Settings.from_env(settings_env)
     assert settings.health_port == HEALTH_PORT
     assert settings.arm_endpoint.startswith("https://")
     assert not settings.allow_insecure_http
     assert settings.credential == "workload-identity"
+
+
+def test_a_settings_change_rolls_the_deployment(tmp_path: Path) -> None:
+    """The ConfigMap's name carries a hash of its content, and the pod template refers to
+    it: editing a setting changes the template, which rolls the Deployment."""
+    before = kustomize(DEPLOY / "default")
+    after = kustomize_composed(
+        tmp_path,
+        DEPLOY / "default",
+        configMapGenerator=[
+            {
+                "name": CONFIG,
+                "namespace": OPERATOR_NAMESPACE,
+                "behavior": "merge",
+                "literals": ["BCO_RESYNC_INTERVAL=600"],
+            }
+        ],
+    )
+    old, new = config_of(before), config_of(after)
+    assert new["data"] == {**old["data"], "BCO_RESYNC_INTERVAL": "600"}
+    assert old["metadata"]["name"] != new["metadata"]["name"]
+    templates = [
+        one(objects, "Deployment", "batchcompute-operator")["spec"]["template"]
+        for objects in (before, after)
+    ]
+    assert templates[0] != templates[1]
+    # Nothing else in the pod template changed.
+    for template in templates:
+        manager(template_as_deployment(template))["envFrom"] = None
+    assert templates[0] == templates[1]
+
+
+def template_as_deployment(template: dict[str, Any]) -> dict[str, Any]:
+    return {"spec": {"template": template}}
 
 
 def test_operator_cluster_role_grants_exactly_what_kopf_uses() -> None:
@@ -391,7 +588,7 @@ def test_user_roles_aggregate_into_admin_edit_view() -> None:
 
 def test_single_namespace_overlay_grants_only_in_watched_namespaces() -> None:
     objects = kustomize(RENDERINGS["single-namespace"])
-    config = one(objects, "ConfigMap", "batchcompute-operator-config")
+    config = config_of(objects)
     watched = [n.strip() for n in config["data"]["BCO_NAMESPACES"].split(",")]
     assert watched == [WATCHED_NAMESPACE]
 
@@ -420,16 +617,12 @@ def test_ha_overlay_runs_two_peered_replicas() -> None:
     assert deployment["spec"]["replicas"] == 2
     assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
 
-    config = one(objects, "ConfigMap", "batchcompute-operator-config")
+    config = config_of(objects)
     peering_name = config["data"]["BCO_PEERING"]
     assert Settings.from_env(config["data"]).peering == peering_name
     # Cluster-wide operators use the cluster-scoped peering kind.
     assert "BCO_NAMESPACES" not in config["data"]
     one(objects, "ClusterKopfPeering", peering_name)
-    assert {c["metadata"]["name"] for c in by_kind(objects, "CustomResourceDefinition")} == {
-        CRD_NAME,
-        *PEERING_CRDS,
-    }
     assert operator_cluster_rules(objects) == OPERATOR_RULES | PEERING_RULES
 
     (pdb,) = by_kind(objects, "PodDisruptionBudget")
@@ -438,21 +631,132 @@ def test_ha_overlay_runs_two_peered_replicas() -> None:
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     assert pdb["spec"]["minAvailable"] == 1
 
+    # Spread: one replica per node, always; across zones where possible.
+    pod = deployment["spec"]["template"]["spec"]
+    spread = {c["topologyKey"]: c for c in pod["topologySpreadConstraints"]}
+    assert set(spread) == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    assert spread["kubernetes.io/hostname"]["whenUnsatisfiable"] == "DoNotSchedule"
+    assert spread["topology.kubernetes.io/zone"]["whenUnsatisfiable"] == "ScheduleAnyway"
+    for constraint in spread.values():
+        assert constraint["maxSkew"] == 1
+        assert constraint["labelSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert "priorityClassName" not in pod  # optional: deploy/components/priority-class
+
+
+def test_kopf_peering_crds_are_a_step_of_their_own() -> None:
+    """kopf's CRDs are shared by every kopf operator in the cluster: no install of this app
+    carries them (deleting the app would delete every operator's peering objects)."""
+    for rendering, path in RENDERINGS.items():
+        crds = by_kind(kustomize(path), "CustomResourceDefinition")
+        names = {c["metadata"]["name"] for c in crds}
+        assert names == {CRD_NAME}, f"{rendering} installs CRDs {names}"
+    peering = kustomize(DEPLOY / "kopf-peering")
+    assert {(o["kind"], o["metadata"]["name"]) for o in peering} == {
+        ("CustomResourceDefinition", name) for name in PEERING_CRDS
+    }
+    for crd in peering:
+        assert "app.kubernetes.io/part-of" not in crd["metadata"].get("labels", {})
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    step = "kubectl apply --server-side --field-manager=kopf-peering-crds -k deploy/kopf-peering"
+    assert step in makefile
+
+
+def test_optional_components(tmp_path: Path) -> None:
+    ha = kustomize(RENDERINGS["ha"])
+    objects = render_composed("ha+monitoring+priority-class", tmp_path)
+    deployment = one(objects, "Deployment", "batchcompute-operator")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["priorityClassName"] == "batchcompute-operator"
+    one(objects, "PriorityClass", "batchcompute-operator")
+
+    service = one(objects, "Service", "batchcompute-operator-metrics")
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    (port,) = service["spec"]["ports"]
+    assert port["targetPort"] == "metrics"
+    assert {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"} in manager(
+        deployment
+    )["ports"]
+    monitor = one(objects, "ServiceMonitor", "batchcompute-operator")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"][
+        "labels"
+    ].items()
+    assert monitor["spec"]["endpoints"] == [
+        {"port": "metrics", "path": "/metrics", "interval": "30s", "scheme": "http"}
+    ]
+    # The components add; they change nothing else.
+    added = {("PriorityClass", "batchcompute-operator"),
+             ("Service", "batchcompute-operator-metrics"),
+             ("ServiceMonitor", "batchcompute-operator")}  # fmt: skip
+    assert {(o["kind"], o["metadata"]["name"]) for o in objects} == added | {
+        (o["kind"], o["metadata"]["name"]) for o in ha
+    }
+
+
+def test_e2e_overlay_runs_the_image_under_test_with_the_emulator() -> None:
+    """`make e2e`: the Deployment of deploy/default with IMAGE, the emulator in the pod, the
+    emulator's CA and a test identity, and no workload identity (kind has no webhook)."""
+    objects = render_e2e()
+    default = kustomize(DEPLOY / "default")
+    assert {(o["kind"], o["metadata"]["name"]) for o in objects if o["kind"] != "ConfigMap"} == {
+        (o["kind"], o["metadata"]["name"]) for o in default if o["kind"] != "ConfigMap"
+    } | {("Secret", one_secret_name(objects))}
+    deployment = one(objects, "Deployment", "batchcompute-operator")
+    template = deployment["spec"]["template"]
+    assert "azure.workload.identity/use" not in template["metadata"]["labels"]
+    containers = template["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["arm-emulator", "manager"]  # emulator first
+    emulator, operator = containers
+    assert operator["image"] == E2E_IMAGE
+    assert emulator["image"] == E2E_EMULATOR_IMAGE
+    assert "postStart" in emulator["lifecycle"]
+    assert "--host=127.0.0.1" in emulator["args"] and "--port=8443" in emulator["args"]
+
+    settings = deployment_settings(objects)
+    assert settings["BCO_ARM_ENDPOINT"] == "https://127.0.0.1:8443"
+    assert settings["BCO_CREDENTIAL"] == "managed-identity"
+    ca = settings["BCO_CA_BUNDLE"]
+    mounts = {m["name"]: m for m in operator["volumeMounts"]}
+    assert ca.startswith(mounts["arm-emulator"]["mountPath"] + "/")
+    assert any(a == f"--tls-dir={Path(ca).parent}" for a in emulator["args"])
+    env = {e["name"]: e for e in operator["env"]}
+    assert env["IDENTITY_ENDPOINT"]["value"] == "https://127.0.0.1:8443/msi/token"
+    secret = env["IDENTITY_HEADER"]["valueFrom"]["secretKeyRef"]["name"]
+    assert secret == one_secret_name(objects)
+    Settings.from_env(settings)  # the operator accepts them
+
+
+def one_secret_name(objects: Sequence[dict[str, Any]]) -> str:
+    (secret,) = by_kind(objects, "Secret")
+    name: str = secret["metadata"]["name"]
+    return name
+
 
 # -- the API server accepts the objects --------------------------------------------------
 
 
-@pytest.mark.parametrize("rendering", sorted(RENDERINGS))
+ALL_RENDERINGS = sorted([*RENDERINGS, *COMPOSED, "e2e-kind"])
+
+
+@pytest.mark.parametrize("rendering", ALL_RENDERINGS)
 def test_api_server_accepts_every_object(
     rendering: str,
     kubectl: Kubectl,
     server_caps: dict[str, bool],
     attachment_crd: str,
     request: pytest.FixtureRequest,
+    tmp_path: Path,
 ) -> None:
-    objects = kustomize(RENDERINGS[rendering])
+    if rendering in RENDERINGS:
+        objects = kustomize(RENDERINGS[rendering])
+    elif rendering in COMPOSED:
+        objects = render_composed(rendering, tmp_path)
+    else:
+        objects = render_e2e()
     if any(o["kind"] == "ClusterKopfPeering" for o in objects):
         request.getfixturevalue("peering_crds")  # the peering object needs its kind served
+    if any(o["kind"] == "ServiceMonitor" for o in objects):
+        request.getfixturevalue("service_monitor_crd")
     for namespace in by_kind(objects, "Namespace"):
         ensure_namespace(kubectl, namespace["metadata"]["name"])
     rendered_namespaces = {n["metadata"]["name"] for n in by_kind(objects, "Namespace")}

@@ -4,7 +4,7 @@ takes over when the active one dies.
 In the tests the operator serves named namespaces (BCO_NAMESPACES), and kopf then peers
 through the namespaced KopfPeering kind in each served namespace, not through the
 ClusterKopfPeering that deploy/overlays/ha ships for the cluster-wide install. The fixture
-therefore installs the peering CRDs from the overlay, and derives the namespaced peering
+therefore installs the peering CRDs (deploy/kopf-peering), and derives the namespaced peering
 object and its Role/RoleBinding from the overlay's peering.yaml and peering_role.yaml (same
 name, same verbs, namespaced kind), applied with the admin kubeconfig. The cluster-scoped
 RBAC is not applied: the namespaced operator never uses it, and it would widen what the
@@ -31,6 +31,7 @@ from operator_proc import Attachments, OperatorProcess, Workspace
 from waiting import wait_for
 
 HA = Path(__file__).resolve().parents[2] / "deploy" / "overlays" / "ha"
+PEERING_CRDS_FILE = HA.parents[1] / "kopf-peering" / "crds.yaml"  # make peering-crds
 PEERING_CRDS = ("clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev")
 TAKEOVER_LIMIT = 45.0
 LIFETIME = 15
@@ -50,8 +51,11 @@ def load(path: Path) -> list[dict[str, Any]]:
 
 
 def peering_name() -> str:
-    config = next(d for d in load(HA / "config-patch.yaml") if d["kind"] == "ConfigMap")
-    return str(config["data"]["BCO_PEERING"])
+    """BCO_PEERING as the overlay merges it into the generated settings ConfigMap."""
+    (kustomization,) = load(HA / "kustomization.yaml")
+    literals = [lit for gen in kustomization["configMapGenerator"] for lit in gen["literals"]]
+    settings = dict(lit.split("=", 1) for lit in literals)
+    return settings["BCO_PEERING"]
 
 
 def namespaced_peering_objects(namespace: str) -> list[dict[str, Any]]:
@@ -83,7 +87,7 @@ def peering(installed: Any, namespace: str) -> Iterator[str]:
     admin = installed.kubeconfig
     existing = {name for name in PEERING_CRDS
                 if kubectl(admin, "get", "crd", name, check=False).returncode == 0}
-    kubectl(admin, "apply", "--validate=false", "-f", str(HA / "kopf-peering-crds.yaml"))
+    kubectl(admin, "apply", "--validate=false", "-f", str(PEERING_CRDS_FILE))
     for name in PEERING_CRDS:
         kubectl(admin, "wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
     objects = namespaced_peering_objects(namespace)
