@@ -19,6 +19,7 @@ import yaml
 from batchcompute_testbed.controlplane import ControlPlane
 from batchcompute_testbed.stack import (
     EmulatorProcess,
+    free_port,
     install,
     kubectl,
     start_operator,
@@ -27,6 +28,7 @@ from batchcompute_testbed.stack import (
 from bench.armlog import ArmCalls, ArmCursor
 from bench.audit import AuditCursor
 from bench.procstat import cpu_seconds, rss_peak_mib
+from bench.scrape import scrape, total
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NAMESPACE = "bench"
@@ -246,8 +248,10 @@ def run(args: argparse.Namespace, work: Path, n: int | None = None,
                 f"throttle {json.dumps(config['throttle'])}")
             install(admin)
             kubectl(admin, "create", "namespace", NAMESPACE)
+            metrics_port = free_port()
             operator_env = {
                 **emulator.operator_env(), "BCO_POLL_INTERVAL": "2",
+                "BCO_METRICS_PORT": str(metrics_port),
                 "BCO_RESYNC_INTERVAL": f"{resync:g}", "BCO_NAMESPACES": NAMESPACE,
                 **dict(kv.split("=", 1) for kv in args.operator_env)}
             operator = start_operator(plane.kubeconfig_operator, operator_env, log_file)
@@ -327,8 +331,11 @@ def run(args: argparse.Namespace, work: Path, n: int | None = None,
                 proc = operator
 
                 def reverified() -> tuple[bool, str]:
-                    done = restart_log.read_text(errors="replace").count("Resuming is processed")
-                    return done >= n, f"{done}/{n} re-verified"
+                    samples = scrape(metrics_port)
+                    known = total(samples, "batchcompute_attachments")
+                    left = samples.get("batchcompute_attachments_unverified", n)
+                    done = int(known - left)
+                    return known >= n and left == 0, f"{done}/{n} re-verified"
 
                 poll("re-verification", reverified, started + timeout, alive)
                 results["restart_seconds"] = time.monotonic() - started

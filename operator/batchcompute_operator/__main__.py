@@ -7,7 +7,6 @@ import os
 import secrets
 import socket
 import sys
-from typing import NoReturn
 
 FLAGS = {
     "arm_endpoint": "BCO_ARM_ENDPOINT",
@@ -38,13 +37,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def bad(variable: str, value: str, accepted: str) -> NoReturn:
-    """A setting the operator cannot start with: one line, exit code 2, no traceback."""
-    print(f"batchcompute-operator: {variable}={value!r} is invalid; accepted: {accepted}",
-          file=sys.stderr)
-    sys.exit(2)
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     for flag, env in FLAGS.items():
@@ -54,15 +46,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.allow_insecure_http:
         os.environ["BCO_ALLOW_INSECURE_HTTP"] = "true"
     from batchcompute_operator import logs
-
-    level = os.environ.get("BCO_LOG_LEVEL", "INFO").strip().upper() or "INFO"
-    fmt = os.environ.get("BCO_LOG_FORMAT", "text").strip().lower() or "text"
-    if level not in logs.LEVELS:
-        bad("BCO_LOG_LEVEL", level, ", ".join(logs.LEVELS))
-    if fmt not in logs.FORMATS:
-        bad("BCO_LOG_FORMAT", fmt, ", ".join(logs.FORMATS))
-    logs.configure("DEBUG" if args.verbose else level, fmt)
-
     from batchcompute_operator.config import ConfigError, Settings
 
     try:
@@ -70,11 +53,13 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as err:
         print(f"batchcompute-operator: {err}", file=sys.stderr)
         sys.exit(2)
+    logs.configure("DEBUG" if args.verbose else settings.log_level, settings.log_format)
 
     from batchcompute_operator import handlers  # registers the handlers with kopf
 
+    # kopf's convention: POD_ID names this replica among its peers (the Deployment sets it).
     host = os.environ.get("POD_NAME") or socket.gethostname()
-    identity = f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
+    identity = os.environ.get("POD_ID") or f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
     # kopf pauses a replica that sees a peer of equal or higher priority: distinct random
     # priorities make exactly one replica of an HA pair active.
     priority = secrets.randbelow(1_000_000)

@@ -14,8 +14,6 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-FORMATS = ("json", "text")
 CONTEXT = ("namespace", "name", "uid", "workspace", "compute")
 _SECRET = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}|"
                      r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")

@@ -10,6 +10,7 @@ it. Idle members cost nothing between passes: no task, no timer, no write.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 from collections import deque
@@ -40,7 +41,7 @@ from batchcompute_operator.reconcile import (
     decide_detach,
     decide_failure,
 )
-from batchcompute_operator.spec import WorkspaceRef
+from batchcompute_operator.spec import AttachmentSpec, WorkspaceRef
 from batchcompute_operator.workspace.client import TokenGetter
 from batchcompute_operator.workspace.errors import ArmError, AuthenticationFailed
 
@@ -96,6 +97,8 @@ class WorkspaceLoop:
         self.list_failures = 0
         self.pass_started: float | None = None
         self._last_said = ""  # the last failure logged, so a repeated one is not logged again
+        self._refreshing: asyncio.Task[Snapshot] | None = None
+        self._refresh_began = float("-inf")
         self._wake = asyncio.Event()
         self._queue: deque[str] = deque()
         self._queued: set[str] = set()
@@ -185,11 +188,16 @@ class WorkspaceLoop:
         backoff.
         """
         now = self.services.clock()
-        poll = self.last_pass + self.settings.poll_interval
+        poll_s = self.settings.poll_interval
+        poll = self.last_pass + poll_s
+        # One LIST per poll interval serves every member in flight: the next is due a poll
+        # interval after the last one began, however the writes in between were spread.
+        listed = self.snapshot.started if self.snapshot is not None else float("-inf")
         due = self.last_full + self.settings.resync_interval
         if any(uid not in self._busy and uid not in self._queued for uid in self.fresh):
             due = now
         ack = float("inf")
+        unseen: list[float] = []  # writes no LIST has been made after yet
         records = self.engine.records
         for uid in self.members:
             record = records.get(uid)
@@ -200,26 +208,40 @@ class WorkspaceLoop:
                 ack = min(ack, poll if track is not None and track.owed else now)
                 continue
             if record.deleting and not self.engine.is_released(uid):
-                due = min(due, poll)
+                due = min(due, max(poll, listed + poll_s))
             elif track is not None and track.kind is not None:
-                due = min(due, track.submitted + self.settings.poll_interval)
+                if track.submitted > listed:
+                    unseen.append(track.submitted)
+                else:
+                    due = min(due, listed + poll_s)
             elif record.recorded.operation is not None:
-                due = min(due, poll)
+                due = min(due, max(poll, listed + poll_s))
             if track is not None:
                 if track.owed:
                     due = min(due, poll)
                 if track.failures:
                     due = min(due, max(track.retry_at, poll))
+        if unseen:
+            # Writes sent close together are looked at together: one LIST a poll interval
+            # after the last of those within half an interval of the first.
+            unseen.sort()
+            window = unseen[0] + poll_s / 2
+            due = min(due, max(t for t in unseen if t <= window) + poll_s)
         return min(ack, max(due, self.list_retry_at))
 
     def _look_due(self, record: Record, now: float) -> bool:
+        """Whether this pass should decide for `record` (a resync pass decides for all)."""
         if record.uid in self.fresh or record.deleting:
             return True
+        poll = self.settings.poll_interval
+        listed = self.snapshot.started if self.snapshot is not None else float("-inf")
         track = self.tracking.get(record.uid)
-        if track is not None and (track.kind is not None or track.owed or
-                                  (track.failures and track.retry_at <= now)):
-            return True
-        return record.recorded.operation is not None
+        if track is not None:
+            if track.owed or (track.failures and track.retry_at <= now):
+                return True
+            if track.kind is not None:
+                return now >= max(track.submitted, listed) + poll - MIN_GAP
+        return record.recorded.operation is not None and now >= listed + poll - MIN_GAP
 
     # -- one pass ------------------------------------------------------------------------------
 
@@ -271,12 +293,9 @@ class WorkspaceLoop:
         await asyncio.gather(*(bounded(r) for r in records))
 
     async def _list(self, due: list[Record]) -> bool:
-        assert self.workspace is not None
         clock = self.services.clock
-        started = clock()
         try:
-            auth = await self._auth()
-            computes = await self.services.api.list_computes(self.workspace, auth)
+            await self._list_once()
         except ArmError as err:
             self.list_failures += 1
             failure = classify(err, "list")
@@ -300,7 +319,6 @@ class WorkspaceLoop:
         self.list_failures = 0
         self.list_retry_at = 0.0
         self._last_said = ""
-        self.snapshot = Snapshot(started, computes)
         return True
 
     def _spawn_workers(self) -> None:
@@ -336,10 +354,17 @@ class WorkspaceLoop:
                 metrics.reconcile_total.labels(metrics.CONTROLLER, result).inc()
                 if result == "error":
                     metrics.reconcile_errors.labels(metrics.CONTROLLER).inc()
-        if self.snapshot is not None and not self._queue and not self._busy and \
-                not any(self._look_due(r, clock()) for uid in self.members
-                        if (r := self.engine.records.get(uid)) is not None):
-            self.snapshot = None  # nothing to decide until the next pass: let it go
+        if self.snapshot is not None and not self._queue and not self._busy and self._idle():
+            self.snapshot = None  # nothing to decide before the next resync: let it go
+
+    def _idle(self) -> bool:
+        """Nothing in flight, owed, retrying, new or being deleted among the members."""
+        if self.fresh or any(t.kind is not None or t.owed or t.failures
+                             for t in self.tracking.values()):
+            return False
+        records = self.engine.records
+        return not any(r.deleting or r.recorded.operation is not None or not r.acknowledged
+                       for uid in self.members if (r := records.get(uid)) is not None)
 
     # -- one member ----------------------------------------------------------------------------
 
@@ -452,19 +477,20 @@ class WorkspaceLoop:
         assert spec is not None and self.workspace is not None
         if not record.finalized:
             return "requeue"  # kopf's finalizer first: nothing may be attached unguarded
+        prepaid = False
         if decision.put is PutKind.CREATE:
             holder = self.engine.claim(spec.workspace, spec.compute_name, record)
             if holder is not None:
                 return await self._settle(record, claimed(spec, f"{holder.namespace}/"
                                                                 f"{holder.name}"))
-            auth = await self._auth()
-            if reread and self.services.api.can_spare_read(spec.workspace, auth):
-                # Another operator (or a script) may have taken the name since the LIST.
-                view = await self.services.api.get_compute(spec.workspace, spec.compute_name,
-                                                           auth)
-                if view is not None:
-                    if self.snapshot is not None:
-                        self.snapshot.computes[view.name.lower()] = view
+            if reread:
+                # Wait for our turn first, then look again: another operator (or a script)
+                # may have taken the name since the LIST this decision came from.
+                auth = await self._auth()
+                await self.services.api.reserve_write(spec.workspace, auth)
+                prepaid = True
+                view, looked = await self._fresh_view(spec, auth)
+                if looked and view is not None:
                     situation = replace(situation, observed=Observed(view))
                     return await self._carry_out(record, situation, decide_attach(situation),
                                                  False, reread=False)
@@ -474,12 +500,51 @@ class WorkspaceLoop:
         auth = await self._auth()
         location = await self.services.api.location(spec.workspace, auth)
         sent = await self.services.api.put_compute(
-            spec, location, {**spec.tags, **record.owner.tags()}, auth)
+            spec, location, {**spec.tags, **record.owner.tags()}, auth, prepaid=prepaid)
         self._sent(record.uid, "Attach", sent.url, decision.failed)
         self._post(written, decision.events)
         if any(e.reason == "Drifted" for e in decision.events):
             metrics.drift_repairs.inc()
         return "requeue"
+
+    async def _fresh_view(self, spec: AttachmentSpec, auth: TokenGetter | None
+                          ) -> tuple[ComputeView | None, bool]:
+        """The compute as ARM has it now; (None, False) when no read could be spared.
+
+        A small workspace is LISTed again unless its last LIST began within
+        BCO_OBSERVE_MAX_AGE (one LIST serves every attach waiting in it); a large one is asked
+        for this one compute.
+        """
+        api = self.services.api
+        if api.last_pages.get(spec.workspace.key, 1) <= 2:
+            snap = await self._refresh(self.settings.observe_max_age)
+            return snap.get(spec.compute_name), True
+        if api.can_spare_read(spec.workspace, auth):
+            view = await api.get_compute(spec.workspace, spec.compute_name, auth)
+            if view is not None and self.snapshot is not None:
+                self.snapshot.computes[view.name.lower()] = view
+            return view, True
+        return None, False
+
+    async def _refresh(self, max_age: float) -> Snapshot:
+        """A snapshot begun at most `max_age` ago; concurrent callers share one LIST."""
+        now = self.services.clock()
+        if self.snapshot is not None and self.snapshot.started >= now - max_age:
+            return self.snapshot
+        task = self._refreshing
+        if task is None or (task.done() and self._refresh_began < now - max_age):
+            self._refresh_began = now
+            task = self._refreshing = asyncio.create_task(self._list_once())
+        return await asyncio.shield(task)
+
+    async def _list_once(self) -> Snapshot:
+        assert self.workspace is not None
+        started = self.services.clock()
+        computes = await self.services.api.list_computes(self.workspace, await self._auth())
+        snap = Snapshot(started, computes)
+        if self.snapshot is None or self.snapshot.started <= started:
+            self.snapshot = snap
+        return snap
 
     async def _delete(self, record: Record, situation: Situation, decision: Decision) -> str:
         target = record.target()
@@ -541,6 +606,8 @@ class WorkspaceLoop:
         if body is None:  # gone, or replaced by a new object of the same name
             self.engine.forget(record.uid)
             return None
+        log.debug("%s/%s: wrote status %s", record.namespace, record.name,
+                  json.dumps(patch, sort_keys=True), extra=_context(record))
         if track is not None:
             track.owed = False
         return self.engine.written(body) or record

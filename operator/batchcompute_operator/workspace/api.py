@@ -32,6 +32,7 @@ class WorkspaceApi:
         self.client = client
         self._locations: dict[tuple[str, str, str], str] = {}
         self._location_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+        self.last_pages: dict[tuple[str, str, str], int] = {}
 
     async def location(self, ws: WorkspaceRef, auth: TokenGetter | None = None) -> str:
         """The workspace's region, which every attach payload must carry; cached per process."""
@@ -54,7 +55,10 @@ class WorkspaceApi:
 
     async def list_computes(self, ws: WorkspaceRef,
                             auth: TokenGetter | None = None) -> dict[str, ComputeView]:
-        """Every compute in the workspace, keyed by folded name; follows nextLink on our host."""
+        """Every compute in the workspace, keyed by folded name; follows nextLink on our host.
+
+        `last_pages` remembers how many pages the workspace's last LIST took.
+        """
         url = self.client.url_for(f"{ws.arm_id}/computes")
         found: dict[str, ComputeView] = {}
         for page in range(1, MAX_LIST_PAGES + 1):
@@ -71,6 +75,7 @@ class WorkspaceApi:
             next_link = body.get("nextLink")
             if not isinstance(next_link, str) or not next_link:
                 metrics.list_pages.observe(page)
+                self.last_pages[ws.key] = page
                 return found
             url = self.client.checked(next_link)
         raise ArmError(0, "ListTooLong", "compute list did not end", retryable=False)
@@ -90,14 +95,20 @@ class WorkspaceApi:
             raise
         return parse_compute(resp.body)
 
+    async def reserve_write(self, ws: WorkspaceRef, auth: TokenGetter | None = None) -> None:
+        """Take a write token for a PUT sent later with `prepaid=True`."""
+        await self.client.reserve(ws.subscription_id, auth, "writes")
+
     async def put_compute(self, spec: AttachmentSpec, location: str, tags: Mapping[str, str],
-                          auth: TokenGetter | None = None) -> Submitted:
+                          auth: TokenGetter | None = None, *, prepaid: bool = False
+                          ) -> Submitted:
         properties: dict[str, str] = {"computeType": "Batch", "resourceId": spec.batch_account_id}
         if spec.description:
             properties["description"] = spec.description
         payload = {"location": location, "tags": dict(tags), "properties": properties}
         resp = await self.client.call("PUT", self.client.url_for(spec.compute_id),
-                                      spec.workspace.subscription_id, body=payload, token=auth)
+                                      spec.workspace.subscription_id, body=payload, token=auth,
+                                      prepaid=prepaid)
         return self._submitted(resp.headers)
 
     async def delete_compute(self, ws: WorkspaceRef, name: str,

@@ -145,10 +145,25 @@ class ArmClient:
             parsed = parsed.copy_merge_params({"api-version": self.api_version})
         return parsed
 
+    async def reserve(self, subscription: str, token: TokenGetter | None, kind: Kind) -> None:
+        """Wait for this budget's next token now, for a call sent later with `prepaid`.
+
+        A PUT that creates waits for its turn first and re-reads the workspace after, so the
+        read it decides from is seconds old at most, not as old as the wait.
+        """
+        tokens = token or self._token
+        waited = await self._pacer.acquire(f"{subscription}|{tokens.key}", kind)
+        self.stats.paced_seconds += waited
+        if waited:
+            metrics.pacing_wait.labels(kind).inc(waited)
+
     async def call(self, method: Method, url: httpx.URL, subscription: str,
                    *, body: Any = None, kind: Kind | None = None,
-                   token: TokenGetter | None = None) -> ArmResponse:
-        """One logical ARM call: paced, and for reads retried on transient failures."""
+                   token: TokenGetter | None = None, prepaid: bool = False) -> ArmResponse:
+        """One logical ARM call: paced, and for reads retried on transient failures.
+
+        `prepaid`: the caller already took this call's first pacing token (`reserve`).
+        """
         kind = kind or KIND_BY_METHOD[method]
         token = token or self._token
         attempts = self._read_attempts if method == "GET" else 1
@@ -157,7 +172,8 @@ class ArmClient:
         while True:
             attempt += 1
             try:
-                return await self._once(method, url, subscription, kind, body, token)
+                return await self._once(method, url, subscription, kind, body, token,
+                                        paced=not (prepaid and attempt == 1 and not refused))
             except ArmError as err:
                 if isinstance(err, AuthenticationFailed):
                     if err.status == 401 and not refused:
@@ -184,12 +200,13 @@ class ArmClient:
         return max(jittered, retry_after or 0.0)
 
     async def _once(self, method: Method, url: httpx.URL, subscription: str, kind: Kind,
-                    body: Any, tokens: TokenGetter) -> ArmResponse:
+                    body: Any, tokens: TokenGetter, *, paced: bool = True) -> ArmResponse:
         budget = f"{subscription}|{tokens.key}"
-        waited = await self._pacer.acquire(budget, kind)
-        self.stats.paced_seconds += waited
-        if waited:
-            metrics.pacing_wait.labels(kind).inc(waited)
+        if paced:
+            waited = await self._pacer.acquire(budget, kind)
+            self.stats.paced_seconds += waited
+            if waited:
+                metrics.pacing_wait.labels(kind).inc(waited)
         token = await tokens()
         self.stats.calls += 1
         resource = _resource(url)

@@ -12,25 +12,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Literal
 
 from batchcompute_operator import metrics
+from batchcompute_operator.config import ARM_DEFAULTS, KINDS, BucketFigures, Kind
 
-Kind = Literal["reads", "writes", "deletes"]
-
-
-@dataclass(frozen=True)
-class BucketFigures:
-    capacity: float
-    refill_per_second: float
-
-
-ARM_DEFAULTS: Mapping[Kind, BucketFigures] = {
-    "reads": BucketFigures(250, 25),
-    "writes": BucketFigures(200, 10),
-    "deletes": BucketFigures(200, 10),
-}
+__all__ = ["ARM_DEFAULTS", "BucketFigures", "Kind", "SubscriptionPacer", "TokenBucket"]
 
 
 class TokenBucket:
@@ -127,5 +113,5 @@ class SubscriptionPacer:
         if remaining is not None:
             bucket.observe_remaining(remaining)
         if retry_after is not None:
-            for each in ("reads", "writes", "deletes"):
+            for each in KINDS:
                 self.bucket(subscription, each).block_for(retry_after, empty=each == kind)
