@@ -25,7 +25,8 @@ BATCH_ACCOUNT = re.compile(r"^[a-z0-9]{3,24}$")
 COMPUTE_NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{2,23}$")
 TAG_KEY_MAX = 512
 TAG_VALUE_MAX = 256
-TAG_COUNT_MAX = 50
+# ARM allows 50 tags on a resource and the operator adds its 2 owner tags (reconcile.py).
+TAG_COUNT_MAX = 48
 DESCRIPTION_MAX = 1024
 TAG_KEY_FORBIDDEN = re.compile(r"[<>%&\\?/]")
 # Tags the operator writes on the compute to record who owns it; users may not set them.
@@ -148,7 +149,8 @@ def _tags(raw: Any, problems: list[str]) -> dict[str, str]:
         problems.append("tags must be a map of strings")
         return {}
     if len(raw) > TAG_COUNT_MAX:
-        problems.append(f"tags has {len(raw)} entries; ARM allows at most {TAG_COUNT_MAX}")
+        problems.append(f"tags has {len(raw)} entries; at most {TAG_COUNT_MAX} are allowed "
+                        "(ARM allows 50 and the operator adds 2 of its own)")
     tags: dict[str, str] = {}
     for key, value in raw.items():
         if not isinstance(key, str) or not isinstance(value, str):
