@@ -169,7 +169,11 @@ def _tags(raw: Any, problems: list[str]) -> dict[str, str]:
 
 
 def _credentials(raw: Any, namespace: str | None, problems: list[str]) -> str | None:
-    """A namespace may bring its own Azure identity, but only from a Secret of its own."""
+    """A namespace may bring its own Azure identity, but only from a Secret of its own.
+
+    Only this check enforces it: the CRD's CEL rules see metadata.name and generateName but
+    not the resource's namespace, so the CRD accepts any secretRef.namespace.
+    """
     if raw is None:
         return None
     ref = raw.get("secretRef") if isinstance(raw, Mapping) else None
