@@ -154,3 +154,34 @@ def test_other_spec_changes_pass_both_spec_rules() -> None:
     new = spec(BY_ID, computeName="batch-a", description="y", tags={"team": "ml"})
     for expression in (rule(*ONE_FORM), rule(*COMPUTE_NAME)):
         assert admits(expression, new, old)
+
+
+# -- metadata.name, the default compute name ---------------------------------------------------
+
+NAME_RULE = ("", "metadata.name is not a valid compute name")
+
+
+def resource(name: str, spec_: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "batchcompute.azureml.dev/v1alpha1", "kind": "BatchComputeAttachment",
+            "metadata": {"name": name}, "spec": spec_}
+
+
+@pytest.mark.parametrize(("name", "compute_name", "ok"), [
+    ("mybatch", None, True),
+    ("a" * 24, None, True),
+    ("team-a-batch-attachment-prod", None, False),  # 28 characters: the workspace API refuses it
+    ("team-a-batch-attachment-prod", "team-a-prod", True),
+    ("my.batch", None, False),
+    ("1batch", None, False),
+    ("ab", None, False),
+    ("my.batch", "my-batch", True),
+])
+def test_metadata_name_must_be_a_compute_name_when_compute_name_is_absent(
+        name: str, compute_name: str | None, ok: bool) -> None:
+    extra = {} if compute_name is None else {"computeName": compute_name}
+    expression = rule(*NAME_RULE)
+    assert admits(expression, resource(name, spec(BY_ID, **extra))) is ok
+    # metadata.name cannot change, so the rule gives the same verdict on every update.
+    assert admits(expression, resource(name, spec(BY_ID, **extra)),
+                  resource(name, spec(BY_ID, **extra))) is ok
+
