@@ -185,3 +185,34 @@ def test_metadata_name_must_be_a_compute_name_when_compute_name_is_absent(
     assert admits(expression, resource(name, spec(BY_ID, **extra)),
                   resource(name, spec(BY_ID, **extra))) is ok
 
+
+# -- tag names -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("tags", "ok"), [
+    ({}, True),
+    ({"team": "ml", "cost-center": "42", "b\u00e4r": "x"}, True),
+    ({"k" * 512: "x"}, True),
+    ({"k" * 513: "x"}, False),
+    ({"": "x"}, False),
+    *[({f"a{c}b": "x"}, False) for c in "<>%&\\?/"],
+])
+def test_tag_names_are_checked_as_the_operator_checks_them(tags: dict[str, str], ok: bool) -> None:
+    assert admits(rule("spec.tags", "tag names are 1-512 characters"), tags) is ok
+
+
+@pytest.mark.parametrize(("name", "ok"), [
+    ("batchcompute-operator.owner", False),
+    ("BatchCompute-Operator.Owner-UID", False),
+    ("batchcompute-operator.", False),
+    ("batchcompute-operator", True),
+    ("x-batchcompute-operator.owner", True),
+    ("batchcompute-operatorXowner", True),
+])
+def test_the_owner_tag_names_are_reserved(name: str, ok: bool) -> None:
+    assert admits(rule("spec.tags", "reserved"), {name: "x"}) is ok
+
+
+@pytest.mark.parametrize(("description", "ok"), [("", False), (" ", True), ("x" * 1024, True)])
+def test_an_empty_description_is_refused_as_the_operator_refuses_it(description: str,
+                                                                     ok: bool) -> None:
+    assert admits(rule("spec.description", "must not be empty"), description) is ok
