@@ -53,12 +53,17 @@ def rule(path: str, message_fragment: str) -> str:
     return str(found[0])
 
 
+@cache
+def compiled(expression: str) -> Any:
+    env = celpy.Environment()
+    return env.program(env.compile(expression))
+
+
 def admits(expression: str, new: Any, old: Any = None) -> bool:
     """kube-apiserver's verdict on `new` (an update from `old` when old is given)."""
     if old is None and "oldSelf" in expression:
         return True  # a transition rule: not evaluated on create
-    env = celpy.Environment()
-    program = env.program(env.compile(expression))
+    program = compiled(expression)
     activation = {"self": json_to_cel(new)}
     if old is not None:
         activation["oldSelf"] = json_to_cel(old)
