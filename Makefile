@@ -29,6 +29,7 @@ venv: $(STAMP) ## create .venv with the pinned dependencies
 .PHONY: controlplane
 controlplane: ## install etcd and build (once, cached) kube-apiserver for the test bed
 	@bash hack/install-controlplane.sh >/dev/null
+	@bash hack/build-apiextensions-apiserver.sh >/dev/null || true
 
 .PHONY: test
 test: venv controlplane ## unit tests, then integration tests on a real kube-apiserver + the ARM emulator
