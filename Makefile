@@ -39,6 +39,7 @@ lock: ## re-resolve requirements.lock and requirements-dev.lock from pyproject.t
 .PHONY: controlplane
 controlplane: ## install etcd and build (once, cached) kube-apiserver for the test bed
 	@bash hack/install-controlplane.sh >/dev/null
+	@bash hack/build-apiextensions-apiserver.sh >/dev/null || true
 
 .PHONY: test
 test: venv controlplane test-pythons ## unit tests on every Python, SDK v1 interop, integration tests on a real kube-apiserver + the ARM emulator, the e2e rehearsal

@@ -12,8 +12,10 @@ set -euo pipefail
 K8S_VERSION="${K8S_VERSION:-1.20.2}"
 # Debian revisions move (security uploads); any source of this upstream release will do.
 DEB_UPSTREAM="${DEB_UPSTREAM:-1.20.5+really$K8S_VERSION}"
+# Bump to rebuild cached binaries once when how they are built changes (2: the version ldflags).
+BUILD_REVISION=2
 CACHE_DIR="${BCO_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/batchcompute-operator}"
-BIN_DIR="$CACHE_DIR/kube-apiserver-v$K8S_VERSION"
+BIN_DIR="$CACHE_DIR/kube-apiserver-v$K8S_VERSION-r$BUILD_REVISION"
 BIN="$BIN_DIR/kube-apiserver"
 
 log() { printf '[controlplane] %s\n' "$*" >&2; }
@@ -78,8 +80,17 @@ log "generating code (make generated_files)"
 make generated_files >&2
 
 log "building kube-apiserver (a few minutes, ~1.7 GB RSS)"
-pkg=k8s.io/kubernetes/vendor/k8s.io/component-base/version
-ldflags="-s -w -X $pkg.gitVersion=v$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=20 -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+# Both version packages, as upstream's hack/lib/version.sh sets them: /version is served by
+# the aggregator, which reads client-go's; the rest of the server reads component-base's.
+# (Left unset, the aggregator reports the source tarball's v0.0.0-master+faecb196815e2.)
+ldflags="-s -w"
+for pkg in k8s.io/kubernetes/vendor/k8s.io/component-base/version \
+           k8s.io/kubernetes/vendor/k8s.io/client-go/pkg/version; do
+  ldflags+=" -X $pkg.gitVersion=v$K8S_VERSION -X $pkg.gitMajor=${K8S_VERSION%%.*}"
+  minor="${K8S_VERSION#*.}"
+  ldflags+=" -X $pkg.gitMinor=${minor%%.*} -X $pkg.gitTreeState=clean"
+  ldflags+=" -X $pkg.buildDate=1970-01-01T00:00:00Z"
+done
 go build -p 2 -ldflags "$ldflags" -o "$work/kube-apiserver" ./cmd/kube-apiserver >&2
 
 mkdir -p "$BIN_DIR"

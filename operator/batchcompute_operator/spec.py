@@ -25,7 +25,8 @@ BATCH_ACCOUNT = re.compile(r"^[a-z0-9]{3,24}$")
 COMPUTE_NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{2,23}$")
 TAG_KEY_MAX = 512
 TAG_VALUE_MAX = 256
-TAG_COUNT_MAX = 50
+# ARM allows 50 tags on a resource and the operator adds its 2 owner tags (reconcile.py).
+TAG_COUNT_MAX = 48
 DESCRIPTION_MAX = 1024
 TAG_KEY_FORBIDDEN = re.compile(r"[<>%&\\?/]")
 # Tags the operator writes on the compute to record who owns it; users may not set them.
@@ -154,7 +155,8 @@ def _tags(raw: Any, problems: list[str]) -> dict[str, str]:
         problems.append("tags must be a map of strings")
         return {}
     if len(raw) > TAG_COUNT_MAX:
-        problems.append(f"tags has {len(raw)} entries; ARM allows at most {TAG_COUNT_MAX}")
+        problems.append(f"tags has {len(raw)} entries; at most {TAG_COUNT_MAX} are allowed "
+                        "(ARM allows 50 and the operator adds 2 of its own)")
     tags: dict[str, str] = {}
     for key, value in raw.items():
         if not isinstance(key, str) or not isinstance(value, str):
@@ -173,7 +175,11 @@ def _tags(raw: Any, problems: list[str]) -> dict[str, str]:
 
 
 def _credentials(raw: Any, namespace: str | None, problems: list[str]) -> str | None:
-    """A namespace may bring its own Azure identity, but only from a Secret of its own."""
+    """A namespace may bring its own Azure identity, but only from a Secret of its own.
+
+    Only this check enforces it: the CRD's CEL rules see metadata.name and generateName but
+    not the resource's namespace, so the CRD accepts any secretRef.namespace.
+    """
     if raw is None:
         return None
     ref = raw.get("secretRef") if isinstance(raw, Mapping) else None

@@ -53,12 +53,17 @@ def rule(path: str, message_fragment: str) -> str:
     return str(found[0])
 
 
+@cache
+def compiled(expression: str) -> Any:
+    env = celpy.Environment()
+    return env.program(env.compile(expression))
+
+
 def admits(expression: str, new: Any, old: Any = None) -> bool:
     """kube-apiserver's verdict on `new` (an update from `old` when old is given)."""
     if old is None and "oldSelf" in expression:
         return True  # a transition rule: not evaluated on create
-    env = celpy.Environment()
-    program = env.program(env.compile(expression))
+    program = compiled(expression)
     activation = {"self": json_to_cel(new)}
     if old is not None:
         activation["oldSelf"] = json_to_cel(old)
@@ -154,3 +159,65 @@ def test_other_spec_changes_pass_both_spec_rules() -> None:
     new = spec(BY_ID, computeName="batch-a", description="y", tags={"team": "ml"})
     for expression in (rule(*ONE_FORM), rule(*COMPUTE_NAME)):
         assert admits(expression, new, old)
+
+
+# -- metadata.name, the default compute name ---------------------------------------------------
+
+NAME_RULE = ("", "metadata.name is not a valid compute name")
+
+
+def resource(name: str, spec_: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "batchcompute.azureml.dev/v1alpha1", "kind": "BatchComputeAttachment",
+            "metadata": {"name": name}, "spec": spec_}
+
+
+@pytest.mark.parametrize(("name", "compute_name", "ok"), [
+    ("mybatch", None, True),
+    ("a" * 24, None, True),
+    ("team-a-batch-attachment-prod", None, False),  # 28 characters: the workspace API refuses it
+    ("team-a-batch-attachment-prod", "team-a-prod", True),
+    ("my.batch", None, False),
+    ("1batch", None, False),
+    ("ab", None, False),
+    ("my.batch", "my-batch", True),
+])
+def test_metadata_name_must_be_a_compute_name_when_compute_name_is_absent(
+        name: str, compute_name: str | None, ok: bool) -> None:
+    extra = {} if compute_name is None else {"computeName": compute_name}
+    expression = rule(*NAME_RULE)
+    assert admits(expression, resource(name, spec(BY_ID, **extra))) is ok
+    # metadata.name cannot change, so the rule gives the same verdict on every update.
+    assert admits(expression, resource(name, spec(BY_ID, **extra)),
+                  resource(name, spec(BY_ID, **extra))) is ok
+
+
+# -- tag names -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("tags", "ok"), [
+    ({}, True),
+    ({"team": "ml", "cost-center": "42", "b\u00e4r": "x"}, True),
+    ({"k" * 512: "x"}, True),
+    ({"k" * 513: "x"}, False),
+    ({"": "x"}, False),
+    *[({f"a{c}b": "x"}, False) for c in "<>%&\\?/"],
+])
+def test_tag_names_are_checked_as_the_operator_checks_them(tags: dict[str, str], ok: bool) -> None:
+    assert admits(rule("spec.tags", "tag names are 1-512 characters"), tags) is ok
+
+
+@pytest.mark.parametrize(("name", "ok"), [
+    ("batchcompute-operator.owner", False),
+    ("BatchCompute-Operator.Owner-UID", False),
+    ("batchcompute-operator.", False),
+    ("batchcompute-operator", True),
+    ("x-batchcompute-operator.owner", True),
+    ("batchcompute-operatorXowner", True),
+])
+def test_the_owner_tag_names_are_reserved(name: str, ok: bool) -> None:
+    assert admits(rule("spec.tags", "reserved"), {name: "x"}) is ok
+
+
+@pytest.mark.parametrize(("description", "ok"), [("", False), (" ", True), ("x" * 1024, True)])
+def test_an_empty_description_is_refused_as_the_operator_refuses_it(description: str,
+                                                                     ok: bool) -> None:
+    assert admits(rule("spec.description", "must not be empty"), description) is ok

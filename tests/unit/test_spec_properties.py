@@ -441,7 +441,16 @@ TARGETS: dict[tuple[str, ...], st.SearchStrategy[Any]] = {
         st.sampled_from(["", "default", "kube-system", "../default", "default\n"]) | wrong_types,
     ("zzz",): wrong_types,
 }
-DELETE = object()
+
+
+class _Delete:
+    """The edit that removes a field; one instance, kept by deepcopy so `is` finds it."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Delete:
+        return self
+
+
+DELETE = _Delete()
 
 
 @st.composite

@@ -1,11 +1,13 @@
 """Command line: run the control plane in the foreground until SIGTERM or SIGINT.
 
     python -m batchcompute_testbed.controlplane up --state-dir DIR [--audit-log]
-        [--user NAME[:GROUP,GROUP...]]...
+        [--user NAME[:GROUP,GROUP...]]... [--apiextensions]
 
 writes DIR/env.json once the API server is ready (see ControlPlane.env()) and removes it on
 the way out. `python -m batchcompute_testbed.controlplane apiserver-path` prints the
-kube-apiserver binary, building it first if need be.
+kube-apiserver binary, building it first if need be; `apiextensions-path` does the same for
+the modern apiextensions-apiserver, which `up --apiextensions` runs beside kube-apiserver
+(its URL and kubeconfig under "apiextensions" in env.json; see controlplane/extensions.py).
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ from batchcompute_testbed.controlplane.cluster import (
     ControlPlaneError,
     _write_atomic,
     find_kube_apiserver,
+)
+from batchcompute_testbed.controlplane.extensions import (
+    ApiextensionsUnavailable,
+    ExtensionsServer,
+    find_apiextensions_apiserver,
 )
 
 
@@ -49,7 +56,11 @@ def _parser() -> argparse.ArgumentParser:
         help="an extra token user with its own kubeconfig (repeatable)",
     )
     up.add_argument("--startup-timeout", type=float, default=90.0)
+    up.add_argument("--apiextensions", action="store_true",
+                    help="also run the modern apiextensions-apiserver (CEL), if it builds")
     sub.add_parser("apiserver-path", help="print the kube-apiserver binary (build if needed)")
+    sub.add_parser("apiextensions-path",
+                   help="print the apiextensions-apiserver binary (build if needed)")
     return parser
 
 
@@ -81,8 +92,19 @@ def _up(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 1
     code = 0
+    extensions: ExtensionsServer | None = None
     try:
-        _write_atomic(env_file, json.dumps(plane.env(), indent=2) + "\n")
+        env = plane.env()
+        if args.apiextensions:
+            try:
+                extensions = ExtensionsServer(plane).start()
+            except ApiextensionsUnavailable as exc:
+                print(exc, file=sys.stderr)
+            else:
+                env["apiextensions"] = {"server": extensions.server,
+                                        "ca_file": str(extensions.ca_file),
+                                        "kubeconfig": str(extensions.kubeconfig)}
+        _write_atomic(env_file, json.dumps(env, indent=2) + "\n")
         print(
             f"control plane ready at {plane.server} in {plane.startup_seconds:.1f}s; "
             f"env: {env_file}",
@@ -91,12 +113,16 @@ def _up(args: argparse.Namespace) -> int:
         while not stopping.wait(1.0):
             try:
                 plane.check_alive()
+                if extensions is not None:
+                    extensions.check_alive()
             except ControlPlaneError as exc:
                 print(exc, file=sys.stderr)
                 code = 1
                 break
     finally:
         env_file.unlink(missing_ok=True)
+        if extensions is not None:
+            extensions.stop()
         plane.stop()
     return code
 
@@ -106,6 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "apiserver-path":
         try:
             print(find_kube_apiserver())
+        except ControlPlaneError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        return 0
+    if args.command == "apiextensions-path":
+        try:
+            print(find_apiextensions_apiserver())
         except ControlPlaneError as exc:
             print(exc, file=sys.stderr)
             return 1
