@@ -74,7 +74,7 @@ def test_the_walk_reaches_nested_fields() -> None:
     found = all_fields()
     for path in ("spec.workspace.subscriptionId", "spec.batchAccount.resourceId",
                  "spec.credentials.secretRef.name", "spec.credentials.secretRef.namespace",
-                 "status.operation.kind", "status.operation.url", "status.operation.since",
+                 "status.operation.kind", "status.operation.since", "spec.managementPolicy",
                  "status.provisioningErrors.code", "status.provisioningErrors.message",
                  "status.conditions.reason", "status.conditions.observedGeneration"):
         assert path in found
