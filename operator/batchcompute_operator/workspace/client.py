@@ -136,8 +136,8 @@ class ArmClient:
         if (parsed.scheme, parsed.host, parsed.port) != (self.base.scheme, self.base.host,
                                                           self.base.port):
             raise UnsafeUrl(
-                f"ARM returned a URL on another host or scheme ({parsed.scheme}://{parsed.host}); "
-                "it was not followed and no token was sent"
+                f"ARM returned a URL outside {_origin(self.base)} ({_origin(parsed)}); it was "
+                "not followed and no token was sent"
             )
         if parsed.scheme != "https" and not self._allow_http:
             raise UnsafeUrl("ARM returned a plain-http URL; it was not followed")
@@ -248,6 +248,11 @@ class ArmClient:
         if resp.status_code >= 400:
             raise error_from_body(resp.status_code, parsed, retry_after)
         return ArmResponse(resp.status_code, parsed, resp.headers)
+
+
+def _origin(url: httpx.URL) -> str:
+    """scheme://host[:port], the port shown whenever the URL names one."""
+    return f"{url.scheme}://{url.host}" + (f":{url.port}" if url.port is not None else "")
 
 
 def _resource(url: httpx.URL) -> str:
