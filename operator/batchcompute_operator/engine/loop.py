@@ -349,8 +349,8 @@ class WorkspaceLoop:
                 gauge.dec()
                 if uid in self.fresh:
                     self._wake.set()  # it changed while we were busy with it
-            metrics.reconcile_time.labels(metrics.CONTROLLER).observe(clock() - began)
-            if result is not None:
+            if result is not None:  # None: the resource was gone, nothing was reconciled
+                metrics.reconcile_time.labels(metrics.CONTROLLER).observe(clock() - began)
                 metrics.reconcile_total.labels(metrics.CONTROLLER, result).inc()
                 if result == "error":
                     metrics.reconcile_errors.labels(metrics.CONTROLLER).inc()
