@@ -342,7 +342,10 @@ class WorkspaceLoop:
             try:
                 result = await self._step(uid)
             except Exception:
-                log.exception("workspace %s: step for %s failed", self.describe(), uid)
+                record = self.engine.records.get(uid)
+                log.exception("workspace %s: step for %s failed", self.describe(),
+                              f"{record.namespace}/{record.name}" if record else uid,
+                              extra=_context(record) if record else None)
                 result = "error"
             finally:
                 self._busy.discard(uid)
@@ -613,9 +616,13 @@ class WorkspaceLoop:
         return self.engine.written(body) or record
 
     def _post(self, record: Record, events: Iterable[Event]) -> None:
+        """Post each event, and log it: at the default level, these are the lines per resource."""
         obj = InvolvedObject(API_VERSION, KIND, record.namespace, record.name, record.uid)
         for event in events:
             self.services.events.post(obj, event.type, event.reason, event.message)
+            log.log(logging.WARNING if event.type == "Warning" else logging.INFO,
+                    "%s/%s: %s: %s", record.namespace, record.name, event.reason, event.message,
+                    extra={**_context(record), "reason": event.reason})
 
     async def _report(self, record: Record, failure: Failure, err: ArmError | None = None
                       ) -> None:
