@@ -1,16 +1,18 @@
 """Prometheus metrics, named as controller-runtime operators and ASO name theirs.
 
 Dashboards and alerts written for controller-runtime (`controller_runtime_*`) and for Azure
-Service Operator (`azure_*` ARM request metrics) work unchanged. Label values are bounded:
-no resource names, ids or subscriptions appear as labels.
+Service Operator (`azure_*` ARM request metrics) work unchanged, and so do those built on the
+standard `process_*` metrics (CPU, memory, file descriptors). Label values are bounded: no
+resource names, ids or subscriptions appear as labels.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 CONTROLLER = "batchcomputeattachment"
 REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)  # process_cpu_seconds_total, process_resident_memory_bytes...
 
 _LATENCY = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
