@@ -7,6 +7,7 @@ anything, with one line naming the variable, the value and what is accepted.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import ssl
@@ -73,7 +74,8 @@ class _Env:
             value = float(raw)
         except ValueError:
             raise ConfigError(name, raw, accepted) from None
-        if value != value or value < minimum or (maximum is not None and value > maximum):
+        if not math.isfinite(value) or value < minimum or \
+                (maximum is not None and value > maximum):
             raise ConfigError(name, raw, accepted)
         return value
 
@@ -158,7 +160,7 @@ class _Env:
                 cap, rate = (float(x) for x in raw.split("/"))
             except ValueError:
                 raise ConfigError(key, raw, "BUCKET/REFILL, e.g. 200/10") from None
-            if cap < 1 or rate <= 0:
+            if not (math.isfinite(cap) and math.isfinite(rate)) or cap < 1 or rate <= 0:
                 raise ConfigError(key, raw, "BUCKET/REFILL, both positive, e.g. 200/10")
             buckets[kind] = BucketFigures(cap, rate)
         return buckets
