@@ -28,25 +28,39 @@ log = logging.getLogger(__name__)
 STUCK_PASS_SECONDS = 600.0
 FRESH_SECONDS = 90.0  # how recent an answer from each API must be for readiness
 PROBE_EVERY = 30.0
+LEADER_NAME = "batchcompute-operator"
 
 
 class Census(Collector):
-    """Attachments by state and Ready status, counted at scrape time from the engine."""
+    """Attachments by state and Ready status, counted at scrape time from the engine, and
+    whether this replica is the one acting (controller-runtime's leader gauge).
+
+    A replica standing by reports no attachments: what it knows is as old as its pause, and
+    summing over every replica of an HA pair must count each attachment once.
+    """
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        active = self._runtime.gate.active.is_set()
+        leader = GaugeMetricFamily(
+            "leader_election_master_status",
+            "1 while this replica acts (standalone, or the active one of an HA pair), "
+            "0 while it stands by", labels=["name"])
+        leader.add_metric([LEADER_NAME], 1 if active else 0)
+        yield leader
         family = GaugeMetricFamily("batchcompute_attachments",
                                    "Attachments by provisioning state and Ready status",
                                    labels=["state", "ready"])
-        for (state, ready), count in sorted(self._runtime.engine.census().items()):
-            family.add_metric([state, ready], count)
-        yield family
         unverified = GaugeMetricFamily(
             "batchcompute_attachments_unverified",
             "Attachments not yet compared with ARM since this process started")
-        unverified.add_metric([], self._runtime.engine.unverified)
+        if active:
+            for (state, ready), count in sorted(self._runtime.engine.census().items()):
+                family.add_metric([state, ready], count)
+            unverified.add_metric([], self._runtime.engine.unverified)
+        yield family
         yield unverified
 
 
