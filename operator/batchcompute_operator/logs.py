@@ -116,10 +116,23 @@ class DropRoutine(logging.Filter):
                     and str(record.msg).startswith("Handler 'observe'"))
 
 
+class WaitIsNotAnError(logging.Filter):
+    """The deletion handler hands back to kopf while a detach runs (BCO_DETACH_WAIT); kopf
+    logs that at ERROR ("failed temporarily"). It is a wait: INFO, so alerts on errors stay
+    quiet. A detach that fails is a WARNING line and a DetachFailed event of the engine's."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "kopf.objects" and record.levelno == logging.ERROR and \
+                "the detach is still in progress" in record.getMessage():
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 def configure(level: str, fmt: str) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(DropRoutine())
+    handler.addFilter(WaitIsNotAnError())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -133,6 +133,17 @@ def test_kopfs_line_per_watch_event_is_dropped_and_nothing_else() -> None:
     assert keep.filter(failed) and keep.filter(other)
 
 
+def test_a_detach_still_in_progress_is_logged_as_a_wait() -> None:
+    waiting = record("Handler 'release' failed temporarily: the detach is still in progress",
+                     name="kopf.objects", level=logging.ERROR)
+    failed = record("Handler 'release' failed with an exception. Will retry.",
+                    name="kopf.objects", level=logging.ERROR)
+    quiet = logs.WaitIsNotAnError()
+    assert quiet.filter(waiting) and quiet.filter(failed)
+    assert as_json(waiting)["level"] == "INFO"
+    assert as_json(failed)["level"] == "ERROR"
+
+
 def test_configure_routes_warnings_through_the_handler(
         capsys: pytest.CaptureFixture[str]) -> None:
     root = logging.getLogger()
