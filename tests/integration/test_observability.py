@@ -325,6 +325,11 @@ def test_events_are_reported_by_the_operator_and_its_replica(
         assert event.involved_object.kind == "BatchComputeAttachment"
     assert not [e for e in our_events(attachments) if "kopf" in
                 f"{e.reporting_component} {e.source.component if e.source else ''}"]
+    # What the README suggests to list them with (kubectl get events --field-selector ...).
+    for selector in (f"reportingComponent={COMPONENT}", f"source={COMPONENT}"):
+        selected = attachments.core.list_namespaced_event(attachments.namespace,
+                                                          field_selector=selector).items
+        assert {e.metadata.uid for e in selected} >= {e.metadata.uid for e in events}, selector
 
 
 # -- logs ------------------------------------------------------------------------------------
