@@ -10,6 +10,7 @@ import asyncio
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -93,8 +94,7 @@ def registered_names() -> set[str]:
     names: set[str] = set()
     for family in [*metrics.REGISTRY.collect(), *census(active=True).collect()]:
         names.add(family.name)
-        suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum",
-                                                                     "_created")}
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
         names.update(family.name + s for s in suffixes.get(family.type, ()))
         names.update(sample.name for sample in family.samples)
     return names
@@ -165,3 +165,26 @@ def test_every_query_names_a_metric_before_its_matchers() -> None:
     for expr in queries(load()):
         bare = {n for n in metric_names(expr) if not re.search(rf"\b{re.escape(n)}\{{", expr)}
         assert not bare, (expr, bare)
+
+
+def test_the_readme_lists_every_metric_with_its_labels() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Observe it", 1)[1].split("\n## ", 1)[0]
+    rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| `([a-z_]+)`.*$", section, re.M)}
+    process = next(row for name, row in rows.items() if name.startswith("process_"))
+    for family in [*metrics.REGISTRY.collect(), *census(active=True).collect()]:
+        if family.name.startswith("process_"):
+            assert f"`{family.name}" in process, family.name
+            continue
+        name = family.name + ("_total" if family.type == "counter" else "")
+        assert name in rows, f"{name} is not in README's metrics table"
+        labels = set(getattr(family, "_labelnames", ())) | {
+            k for s in family.samples for k in s.labels if k != "le"}
+        for label in labels:
+            assert f"`{label}`" in rows[name], (name, label)
+
+
+def test_no_created_series() -> None:
+    """controller-runtime exports none; they would double the series of every counter."""
+    names = {s.name for family in metrics.REGISTRY.collect() for s in family.samples}
+    assert not [n for n in names if n.endswith("_created")]

@@ -141,3 +141,11 @@ def test_a_value_on_several_lines_is_still_one_line(bare_env: dict[str, str]) ->
     assert done.stderr.splitlines() == [
         r"batchcompute-operator: BCO_LOG_LEVEL='INFO\nDEBUG' is invalid; accepted: DEBUG, "
         "INFO, WARNING, ERROR"]
+
+
+def test_the_readme_lists_every_variable() -> None:
+    table = (REPO_ROOT / "README.md").read_text().split("## Configuration", 1)[1]
+    table = table.split("\n## ", 1)[0].replace("`BCO_ARM_READS` / `_WRITES` / `_DELETES`",
+                                                 "`BCO_ARM_READS` `BCO_ARM_WRITES` "
+                                                 "`BCO_ARM_DELETES`")
+    assert not [name for name in BAD if f"`{name}`" not in table]
