@@ -154,6 +154,20 @@ def json_lines(operator: OperatorProcess) -> list[dict[str, Any]]:
     return lines
 
 
+def probe(operator: OperatorProcess, times: int = 5) -> None:
+    """What the kubelet and Prometheus do all day."""
+    for _ in range(times):
+        for port, path in ((operator.health_port, "/healthz"), (operator.health_port, "/readyz"),
+                           (operator.metrics_port, "/metrics")):
+            assert httpx.get(f"http://127.0.0.1:{port}{path}", timeout=5).status_code == 200
+
+
+def assert_no_probe_lines(lines: list[dict[str, Any]]) -> None:
+    probes = [line for line in lines
+              if re.search(r"/healthz|/readyz|/metrics|GET /|aiohttp\.access", json.dumps(line))]
+    assert not probes, probes
+
+
 def assert_no_secret(text: str, *secrets: str) -> None:
     for secret in secrets:
         assert len(secret) >= 8
@@ -348,10 +362,7 @@ def test_json_logs_at_the_default_level_name_the_resource_and_skip_probes(
                       "accountName": "nosuchaccount"}))["metadata"]["uid"]
     attachments.wait_condition("logged", "True", reason="Attached")
     attachments.wait_condition("missing-account", "False", reason="ResourceNotFound")
-    for _ in range(5):
-        for port, path in ((operator.health_port, "/healthz"), (operator.health_port, "/readyz"),
-                           (operator.metrics_port, "/metrics")):
-            assert httpx.get(f"http://127.0.0.1:{port}{path}", timeout=5).status_code == 200
+    probe(operator)
     for name in uids:
         attachments.delete(name)
     for name in uids:
@@ -361,9 +372,7 @@ def test_json_logs_at_the_default_level_name_the_resource_and_skip_probes(
     lines = json_lines(operator)
     ns = attachments.namespace
     assert {line["level"] for line in lines} <= {"INFO", "WARNING", "ERROR", "CRITICAL"}
-    probes = [line for line in lines
-              if re.search(r"/healthz|/readyz|/metrics|GET /|aiohttp\.access", json.dumps(line))]
-    assert not probes, probes
+    assert_no_probe_lines(lines)
     # kopf's lines about an object, and the engine's, carry it.
     for line in lines:
         mentioned = [n for n in uids if f"{ns}/{n}" in line["message"]]
@@ -387,7 +396,7 @@ def test_json_logs_at_the_default_level_name_the_resource_and_skip_probes(
           f"{json.dumps(attached)}")
 
 
-def test_no_secret_in_any_json_line_even_at_debug(
+def test_no_secret_nor_probe_in_any_json_line_even_at_debug(
         start_operator: Any, attachments: Attachments, workspace: Workspace, emulator: Any,
         kube: Any, tmp_path: Path) -> None:
     """The operator's token (from a file here, so its value is known), the managed-identity
@@ -424,6 +433,7 @@ def test_no_secret_in_any_json_line_even_at_debug(
     attachments.wait_condition("file-token", "True", reason="Attached")
     attachments.wait_condition("own-identity", "False", reason="AuthenticationFailed",
                                timeout=60)
+    probe(operator)
     attachments.delete("file-token")
     attachments.wait_gone("file-token")
     operator.stop()
@@ -436,6 +446,7 @@ def test_no_secret_in_any_json_line_even_at_debug(
 
     lines = json_lines(operator)
     assert "DEBUG" in {line["level"] for line in lines}
+    assert_no_probe_lines(lines)  # not even at DEBUG
     assert_no_secret(operator.log(), token, token.rsplit(".", 1)[-1], emulator.identity_header,
                      client_secret, env_secret)
     print(f"{len(lines)} lines, none with a secret")
