@@ -20,7 +20,9 @@ cli-utils) and deploy/argocd/health.lua in a real Lua runtime. It asserts:
   throughout a deletion (kstatus: Terminating);
 - the sequence of distinct states each scenario goes through, with both verdicts;
 - a permanent failure stays Stalled while the operator retries it quietly: no flapping
-  between Degraded and Progressing.
+  between Degraded and Progressing;
+- the unit tests' fixtures (tests/unit/fixtures/statuses/) have the shape of the states the
+  operator really wrote. BCO_REFRESH_STATUS_FIXTURES=1 rewrites them from this recording.
 
 Each test prints its timeline (`pytest -s` shows it) and keeps it as JSON in its tmp_path.
 """
@@ -28,6 +30,7 @@ Each test prints its timeline (`pytest -s` shows it) and keeps it as JSON in its
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -35,6 +38,7 @@ from typing import Any
 
 import pytest
 from operator_proc import Attachments, Workspace
+from status_fixtures import SUBSCRIPTION, as_fixture, load_fixture, status_shape, write_fixture
 from status_watch import Seen, StatusWatch
 from tests.gitops_health import argocd_health, kstatus
 from waiting import wait_for
@@ -43,28 +47,30 @@ ARM_LATENCY_MS = 300
 OPERATION_SECONDS = 2
 FIRST_WRITE_WITHIN = 2.0  # seconds from the create (or edit) call to its first status write
 SCENARIO_TIMEOUT = 30.0
+REFRESH = os.environ.get("BCO_REFRESH_STATUS_FIXTURES") == "1"
 
 NO_STATUS = "Waiting for the operator to observe the resource"
 ARM_FIELDS = ("provisioningState", "clusterResourceId", "computeLocation", "isAttachedCompute")
 
-# (state, kstatus, Argo CD health), in the order the watch shows them; consecutive events in
-# the same state count once.
+# (state, kstatus, Argo CD health, the fixture that stands for it), in the order the watch
+# shows them; consecutive events in the same state count once.
 LIFECYCLE = [
-    ("no status", "Current", "Progressing"),
-    ("Reconciling: Attaching", "InProgress", "Progressing"),
-    ("Ready: Attached", "Current", "Healthy"),
-    ("generation 2 not observed", "InProgress", "Progressing"),
-    ("Reconciling: Updating", "InProgress", "Progressing"),
-    ("Ready: Attached", "Current", "Healthy"),
-    ("deleting, generation 3 not observed", "Terminating", "Progressing"),
-    ("deleting, Reconciling: Detaching", "Terminating", "Progressing"),
+    ("no status", "Current", "Progressing", "created-no-status"),
+    ("Reconciling: Attaching", "InProgress", "Progressing", "observed-before-arm"),
+    ("Ready: Attached", "Current", "Healthy", "attached"),
+    ("generation 2 not observed", "InProgress", "Progressing", "edited-not-yet-observed"),
+    ("Reconciling: Updating", "InProgress", "Progressing", "edited-updating"),
+    ("Ready: Attached", "Current", "Healthy", "edited-attached"),
+    ("deleting, generation 3 not observed", "Terminating", "Progressing",
+     "deleting-not-yet-observed"),
+    ("deleting, Reconciling: Detaching", "Terminating", "Progressing", "deleting-detaching"),
 ]
 FAILURE = [
-    ("no status", "Current", "Progressing"),
-    ("Reconciling: Attaching", "InProgress", "Progressing"),
-    ("Stalled: ResourceNotFound", "Failed", "Degraded"),
-    ("deleting, generation 2 not observed", "Terminating", "Progressing"),
-    ("deleting, Reconciling: Detaching", "Terminating", "Progressing"),
+    ("no status", "Current", "Progressing", None),
+    ("Reconciling: Attaching", "InProgress", "Progressing", None),
+    ("Stalled: ResourceNotFound", "Failed", "Degraded", "stalled-resource-not-found"),
+    ("deleting, generation 2 not observed", "Terminating", "Progressing", None),
+    ("deleting, Reconciling: Detaching", "Terminating", "Progressing", None),
 ]
 
 
@@ -150,6 +156,16 @@ def verdicts(states: Sequence[Seen]) -> list[tuple[str, str, str]]:
     return seen
 
 
+def firsts(states: Sequence[Seen]) -> list[Seen]:
+    """The first event of each run of events in the same state."""
+    out: list[Seen] = []
+    for state in states:
+        if not out or state_of(out[-1]) != state_of(state) or \
+                out[-1].generation != state.generation:
+            out.append(state)
+    return out
+
+
 # -- recording ---------------------------------------------------------------------------------
 
 
@@ -171,6 +187,36 @@ def record(tmp_path: Path, name: str, states: Sequence[Seen], start: float) -> N
           "kstatus": kstatus(s.obj), "argocd": argocd_health(s.obj)} for s in states],
         indent=1))
     print(timeline(name, states, start))
+
+
+def fixture_names(workspace: Workspace) -> dict[str, str]:
+    return {workspace.subscription: SUBSCRIPTION, workspace.resource_group: "ml-rg",
+            workspace.name: "ml-ws", workspace.batch_resource_group: "batch-rg",
+            workspace.account: "mybatchacct"}
+
+
+def check_fixtures(expected: Sequence[tuple[str, str, str, str | None]],
+                   states: Sequence[Seen], workspace: Workspace) -> None:
+    """Each fixture named in `expected` has the shape of the live state it stands for."""
+    live = firsts(states)
+    assert len(live) == len(expected)
+    mismatched = []
+    for seen, (_, _, _, fixture) in zip(live, expected, strict=True):
+        if fixture is None:
+            continue
+        if REFRESH:
+            write_fixture(fixture, as_fixture(seen.obj, fixture_names(workspace)))
+            continue
+        try:
+            have: dict[str, Any] | str = status_shape(load_fixture(fixture))
+        except FileNotFoundError:
+            have = "missing"
+        want = status_shape(seen.obj)
+        if have != want:
+            mismatched.append(f"{fixture}.json: {have}\n  live: {want}")
+    assert not mismatched, ("fixtures that no longer look like the operator's statuses "
+                            "(BCO_REFRESH_STATUS_FIXTURES=1 rewrites them from the live "
+                            "recording):\n" + "\n".join(mismatched))
 
 
 # -- ARM, seen from the emulator ---------------------------------------------------------------
@@ -225,7 +271,7 @@ def test_attach_edit_delete_health_at_every_state(
     calls = Workspace.calls(emulator, seq)
 
     assert states[0].type == "ADDED" and not states[0].operator_status
-    assert verdicts(states) == LIFECYCLE
+    assert verdicts(states) == [row[:3] for row in LIFECYCLE]
 
     # The first write for each generation comes first, and soon.
     first = next(s for s in states if s.operator_status)
@@ -241,6 +287,7 @@ def test_attach_edit_delete_health_at_every_state(
     assert len(deletes) == 1, deletes
     assert answered(deletes[0]) > detaching.at, "the DELETE was answered before Detaching"
 
+    check_fixtures(LIFECYCLE, states, workspace)
 
 
 def test_permanent_failure_health_at_every_state(
@@ -286,7 +333,7 @@ def test_permanent_failure_health_at_every_state(
         states = watch.states("mybatch")
     record(tmp_path, "permanent-failure", states, created)
 
-    assert verdicts(states) == FAILURE
+    assert verdicts(states) == [row[:3] for row in FAILURE]
     first = next(s for s in states if s.operator_status)
     assert_acknowledged_before_arm(first, created, Workspace.calls(emulator, seq), "create")
     # Argo CD shows what to fix, and alerts can group by ARM's error code.
@@ -297,3 +344,4 @@ def test_permanent_failure_health_at_every_state(
     assert "check spec.batchAccount" in stalled_cond["message"]
     assert [e["code"] for e in stalled.status["provisioningErrors"]] == ["ResourceNotFound"]
 
+    check_fixtures(FAILURE, states, workspace)
