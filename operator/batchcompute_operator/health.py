@@ -2,8 +2,8 @@
 
 Liveness says the process is alive: its event loop answers and no workspace loop is wedged in
 one pass (every await in a pass is bounded by a timeout, so a pass that runs for many minutes
-is a bug, not load). Readiness says it can work: the Kubernetes API and ARM both answered
-recently. Probe requests write no access log line.
+is a bug, not load). Readiness says it can work: kopf's watch has handed over the objects that existed at
+start, the Kubernetes API answered recently, and ARM answered. Probe requests write no access log line.
 """
 
 from __future__ import annotations
@@ -71,6 +71,8 @@ class HealthServer:
         self._runners: list[web.AppRunner] = []
         self._prober: asyncio.Task[None] | None = None
         self._census = Census(runtime)
+        self._existing: int | None = None  # objects there were when the operator started
+        self._since = time.monotonic()
 
     async def start(self) -> None:
         settings = self.runtime.settings
@@ -112,11 +114,17 @@ class HealthServer:
         rt = self.runtime
         while True:
             now = time.monotonic()
-            if now - rt.kube.last_success > PROBE_EVERY:
+            if now - rt.kube.last_success > PROBE_EVERY or self._existing is None:
                 with contextlib.suppress(Exception):
-                    path = resource_path(rt.settings.namespaces[0]
-                                         if rt.settings.namespaces else None)
-                    await rt.kube.request("GET", path, params={"limit": "1"})
+                    count = 0
+                    for namespace in rt.settings.namespaces or (None,):
+                        resp = await rt.kube.request("GET", resource_path(namespace),
+                                                     params={"limit": "1"})
+                        body = resp.json() or {}
+                        count += len(body.get("items") or []) + int(
+                            (body.get("metadata") or {}).get("remainingItemCount") or 0)
+                    if self._existing is None:
+                        self._existing = count
             if not rt.client.reachable:
                 await rt.client.probe()
             await asyncio.sleep(PROBE_EVERY / 3)
@@ -127,10 +135,21 @@ class HealthServer:
             return web.json_response({"ok": False, "stuck": stuck[:10]}, status=500)
         return web.json_response({"ok": True})
 
+    def watching(self) -> bool:
+        """kopf's watch has handed over the objects that existed at start (its listing).
+
+        Objects deleted meanwhile never arrive, so after a minute the listing counts as done.
+        """
+        if self._existing is None:
+            return False
+        return self.runtime.engine.listed >= self._existing or \
+            time.monotonic() - self._since > 60
+
     async def readyz(self, _: web.Request) -> web.Response:
         rt, now = self.runtime, time.monotonic()
         checks = {
             "started": self._started.is_set(),
+            "watching": self.watching(),
             "kubernetes": now - rt.kube.last_success < FRESH_SECONDS,
             "arm": rt.client.reachable,
         }

@@ -138,6 +138,11 @@ def configure(level: str, fmt: str) -> None:
     root.setLevel(level)
     for name in QUIET:
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+    # kopf reports every handler call on every watch event at INFO; the engine logs what
+    # happens to each resource itself. Below WARNING those lines only cost CPU, so kopf's
+    # per-object logger speaks at INFO only when debugging.
+    logging.getLogger("kopf.objects").setLevel(
+        logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING)
     remember_secrets()
     # Nothing reaches stderr around the handler: warnings and uncaught exceptions are lines too.
     logging.captureWarnings(True)

@@ -705,6 +705,8 @@ def describe_failure(failure: Failure) -> str:
     if failure.target == "credentials":
         return f"no usable credentials: {failure.message}"
     if failure.source == "ARM":
+        if failure.code in ("Timeout", "ConnectionError"):
+            return f"no answer from ARM: {failure.message}"
         return f"ARM answered {failure.code}: {failure.message}"
     return f"{failure.source} failed: {failure.message}"
 
