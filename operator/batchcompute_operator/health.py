@@ -2,8 +2,9 @@
 
 Liveness says the process is alive: its event loop answers and no workspace loop is wedged in
 one pass (every await in a pass is bounded by a timeout, so a pass that runs for many minutes
-is a bug, not load). Readiness says it can work: kopf's watch has handed over the objects that existed at
-start, the Kubernetes API answered recently, and ARM answered. Probe requests write no access log line.
+is a bug, not load). Readiness says it can work: kopf's watch has handed over the objects that
+existed at start, the Kubernetes API answered recently, and ARM answered. Probe requests write
+no access log line.
 """
 
 from __future__ import annotations
