@@ -21,7 +21,10 @@ from tests.dashboard import dashboard_metric_names, load, metric_names, panels, 
 
 from batchcompute_operator import metrics
 from batchcompute_operator.health import Census
-from batchcompute_operator.workspace.client import _resource
+from batchcompute_operator.workspace.client import ArmClient, _resource
+from batchcompute_operator.workspace.errors import ArmError
+from batchcompute_operator.workspace.pacing import SubscriptionPacer
+from batchcompute_operator.workspace.transport import AiohttpTransport
 
 # Label names a series may carry: none of them names a resource, workspace or subscription.
 LABELS = {"controller", "result", "resource", "requestType", "responseCode", "kind", "state",
@@ -188,3 +191,52 @@ def test_no_created_series() -> None:
     """controller-runtime exports none; they would double the series of every counter."""
     names = {s.name for family in metrics.REGISTRY.collect() for s in family.samples}
     assert not [n for n in names if n.endswith("_created")]
+
+
+async def test_a_request_without_an_answer_is_counted_once_and_not_resent() -> None:
+    """The ARM transport (aiohttp) must not send a PUT again by itself when the connection
+    drops: the client decides (it re-observes first), and the metrics count what was sent."""
+    seen: list[bytes] = []
+
+    async def answer_once_then_drop(reader: asyncio.StreamReader,
+                                    writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = re.search(rb"(?i)content-length: *(\d+)", head)
+            await reader.readexactly(int(length.group(1)) if length else 0)
+            seen.append(head.split(b" ", 1)[0])
+            if len(seen) > 1:  # the PUT, on the connection the GET left open: no answer
+                writer.close()
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 2\r\n\r\n{}")
+            await writer.drain()
+
+    server = await asyncio.start_server(answer_once_then_drop, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    http = httpx.AsyncClient(transport=AiohttpTransport(verify=False, limit=4, timeout=5))
+    client = ArmClient(f"http://127.0.0.1:{port}", "2020-02-02", StaticTokens(), SubscriptionPacer(
+        enabled=False), http=http, allow_insecure_http=True)
+    failed = metrics.arm_failures.labels("computes", "PUT")
+    before = failed._value.get()
+    try:
+        await client.call("GET", client.url_for(f"{WS}/computes"), SUB)
+        with pytest.raises(ArmError) as err:
+            await client.call("PUT", client.url_for(f"{WS}/computes/mybatch"), SUB, body={})
+    finally:
+        await http.aclose()
+        server.close()
+        await server.wait_closed()
+    assert err.value.code == "ConnectionError" and err.value.retryable
+    assert seen == [b"GET", b"PUT"]  # sent once: nothing resent behind the client's back
+    assert failed._value.get() == before + 1
+
+
+class StaticTokens:
+    key = "test-principal"
+
+    async def __call__(self) -> str:
+        return "token"
+
+    def invalidate(self, token: str | None = None) -> None:
+        return None

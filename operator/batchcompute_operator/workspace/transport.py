@@ -27,6 +27,12 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(**self._connector_args),  # type: ignore[arg-type]
                 timeout=self._timeout, trust_env=False, auto_decompress=True)
+            # aiohttp sends a GET, PUT or DELETE once more by itself when the connection drops
+            # before the answer; a lost answer may hide a PUT that happened, so the ARM client
+            # decides (it re-observes before any write), and a request with no answer is
+            # counted as one (azure_failed_requests_total). The attribute is aiohttp's own
+            # switch (its test client turns it off the same way); there is no parameter.
+            self._session._retry_connection = False
         return self._session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
