@@ -168,6 +168,17 @@ def assert_no_probe_lines(lines: list[dict[str, Any]]) -> None:
     assert not probes, probes
 
 
+def assert_lines_name_their_resource(lines: list[dict[str, Any]], namespace: str,
+                                     uids: dict[str, str]) -> None:
+    """kopf's lines about an object, and any line that names one, carry it."""
+    for line in lines:
+        mentioned = [n for n in uids if f"{namespace}/{n}" in line["message"]]
+        if line["logger"] == "kopf.objects" or mentioned:
+            assert line.get("namespace") == namespace, line
+            assert line.get("name") in uids, line
+            assert line.get("uid") == uids[line["name"]], line
+
+
 def assert_no_secret(text: str, *secrets: str) -> None:
     for secret in secrets:
         assert len(secret) >= 8
@@ -373,13 +384,7 @@ def test_json_logs_at_the_default_level_name_the_resource_and_skip_probes(
     ns = attachments.namespace
     assert {line["level"] for line in lines} <= {"INFO", "WARNING", "ERROR", "CRITICAL"}
     assert_no_probe_lines(lines)
-    # kopf's lines about an object, and the engine's, carry it.
-    for line in lines:
-        mentioned = [n for n in uids if f"{ns}/{n}" in line["message"]]
-        if line["logger"] == "kopf.objects" or mentioned:
-            assert line.get("namespace") == ns, line
-            assert line.get("name") in uids, line
-            assert line.get("uid") == uids[line["name"]], line
+    assert_lines_name_their_resource(lines, ns, uids)
     engine = [line for line in lines if "reason" in line]
     for line in engine:
         assert line["logger"].startswith("batchcompute_operator."), line
@@ -389,7 +394,6 @@ def test_json_logs_at_the_default_level_name_the_resource_and_skip_probes(
     said = {(line["name"], line["reason"]) for line in engine}
     assert {("logged", r) for r in ("Attaching", "Attached", "Detaching", "Detached")} <= said
     assert ("missing-account", "AttachFailed") in said
-    assert [line for line in lines if line["logger"] == "kopf.objects"]
     assert_no_secret(operator.log(), emulator.identity_header)
     attached = next(line for line in engine if line["reason"] == "Attached")
     print(f"{len(lines)} lines, {len(engine)} about events; for example:\n"
@@ -427,9 +431,10 @@ def test_no_secret_nor_probe_in_any_json_line_even_at_debug(
                               BCO_STATIC_TOKEN_FILE=str(token_file),
                               AZURE_AUTHORITY_HOST=emulator.arm_url,
                               AZURE_CLIENT_SECRET=env_secret)
-    attachments.create("file-token", workspace.spec())
-    attachments.create("own-identity", workspace.spec(
-        credentials={"secretRef": {"name": "azure-identity"}}))
+    uids = {
+        "file-token": attachments.create("file-token", workspace.spec())["metadata"]["uid"],
+        "own-identity": attachments.create("own-identity", workspace.spec(
+            credentials={"secretRef": {"name": "azure-identity"}}))["metadata"]["uid"]}
     attachments.wait_condition("file-token", "True", reason="Attached")
     attachments.wait_condition("own-identity", "False", reason="AuthenticationFailed",
                                timeout=60)
@@ -447,6 +452,9 @@ def test_no_secret_nor_probe_in_any_json_line_even_at_debug(
     lines = json_lines(operator)
     assert "DEBUG" in {line["level"] for line in lines}
     assert_no_probe_lines(lines)  # not even at DEBUG
+    # kopf's per-object lines (at DEBUG it reports its processing of every object) carry it.
+    assert [line for line in lines if line["logger"] == "kopf.objects"]
+    assert_lines_name_their_resource(lines, ns, uids)
     assert_no_secret(operator.log(), token, token.rsplit(".", 1)[-1], emulator.identity_header,
                      client_secret, env_secret)
     print(f"{len(lines)} lines, none with a secret")
