@@ -256,8 +256,12 @@ class WorkspaceLoop:
         if unacked:
             await self._each(unacked, self._acknowledge)
             members = [r for uid in list(self.members) if (r := records.get(uid)) is not None]
+        # Deletions that need nothing from ARM (Orphan, observe-only, nothing recorded) go
+        # ahead whatever ARM is doing, so a failing LIST never blocks them.
+        self._enqueue([r for r in members if r.deleting and r.uid not in self._busy and
+                       (r.orphan or r.observe_only or r.target() is None)])
         if now < self.list_retry_at:
-            return  # a failed LIST is backing off; acknowledgements went ahead above
+            return  # a failed LIST is backing off; the work above needed no ARM
         full = now >= self.last_full + self.settings.resync_interval
         due = [r for r in members if (full or self._look_due(r, now))
                and (r.acknowledged or r.deleting) and r.uid not in self._busy]
@@ -275,7 +279,10 @@ class WorkspaceLoop:
             if full and self.snapshot is not None:
                 self.last_full = self.snapshot.started
         # 3. Hand them to the workers, which decide with the newest record and act.
-        for record in due:
+        self._enqueue(due)
+
+    def _enqueue(self, records: Iterable[Record]) -> None:
+        for record in records:
             self.fresh.discard(record.uid)
             if record.uid not in self._queued:
                 self._queue.append(record.uid)
