@@ -82,3 +82,28 @@ for _result in ("success", "error", "requeue", "requeue_after"):
     reconcile_total.labels(CONTROLLER, _result)
 reconcile_errors.labels(CONTROLLER)
 active_workers.labels(CONTROLLER)
+
+
+class _Off:
+    """Stands in for every metric when nobody reads them: each update costs one call."""
+
+    def labels(self, *_: object, **__: object) -> _Off:
+        return self
+
+    def inc(self, *_: object) -> None:
+        return None
+
+    dec = set = observe = inc
+
+
+_METRICS = ("reconcile_total", "reconcile_errors", "reconcile_time", "active_workers",
+            "max_concurrent", "arm_responses", "arm_failures", "arm_time", "pacing_tokens",
+            "pacing_wait", "list_pages", "operations_in_flight", "drift_repairs",
+            "workspace_loops", "kube_requests")
+
+
+def turn_off() -> None:
+    """BCO_METRICS_PORT=0: nothing serves the metrics, so nothing keeps them either."""
+    off = _Off()
+    for name in _METRICS:
+        globals()[name] = off

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from batchcompute_operator import GROUP, PLURAL, VERSION
+from batchcompute_operator import GROUP, PLURAL, VERSION, metrics
 from batchcompute_operator.config import Settings
 from batchcompute_operator.credentials import (
     CredentialsUnavailable,
@@ -98,6 +98,8 @@ def resource_path(namespace: str | None = None) -> str:
 
 def build_runtime(settings: Settings, connect: Connector, *, identity: str,
                   priority: int) -> Runtime:
+    if not settings.metrics_port:
+        metrics.turn_off()
     verify: ssl.SSLContext | bool = True
     if settings.ca_bundle:
         verify = ssl.create_default_context(cafile=settings.ca_bundle)
