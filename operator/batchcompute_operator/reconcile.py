@@ -348,6 +348,14 @@ def _stalled_by_failure(rec: Recorded) -> bool:
     return _failure_reported(rec) and rec.operation is None
 
 
+def _new_error(view: ComputeView, rec: Recorded) -> bool:
+    """The failed compute reports other error codes than the status holds: a quiet retry
+    ended in a different error, which is a change to report (codes only: ARM's messages may
+    differ from one attempt to the next for the same error)."""
+    codes = tuple(e.code for e in view.provisioning_errors)
+    return bool(codes) and codes != rec.error_codes
+
+
 def _needs_update(view: ComputeView, spec: AttachmentSpec, owner: Owner) -> list[str]:
     """What the compute lacks of the spec's description and tags (drift we repair)."""
     wanted = {**spec.tags, **owner.tags()}
@@ -462,7 +470,7 @@ def _decide_attach(s: Situation) -> Decision:
         if s.has_operation_url and not s.observed.operation_checked and \
                 not _stalled_by_failure(rec):
             return Decision(Action.CHECK_OPERATION)  # its error says more than the compute
-        if _stalled_by_failure(rec):
+        if _stalled_by_failure(rec) and not _new_error(view, rec):
             # Already reported: retry quietly, keeping the status steady (one event per
             # change of error, not per attempt).
             return Decision(Action.PUT, put=PutKind.UPDATE, failed=True)

@@ -40,9 +40,12 @@ ManagementPolicy = Literal["Manage", "Observe"]
 class SpecError(ValueError):
     """The spec cannot be acted on; the message is meant for the resource's owner."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], requested_name: str | None = None) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
+        # The compute name the spec asks for (computeName, else metadata.name), shown in
+        # status even though the spec cannot be acted on; None when it names none.
+        self.requested_name = requested_name
 
 
 @dataclass(frozen=True)
@@ -263,7 +266,7 @@ def parse_spec(spec: Mapping[str, Any], default_name: str,
         problems.append(f"managementPolicy {management!r} is invalid: Manage or Observe")
 
     if problems or sub is None or ws_rg is None or ws_name is None or compute is None:
-        raise SpecError(problems or ["spec is incomplete"])
+        raise SpecError(problems or ["spec is incomplete"], requested_name=compute)
     assert account_id is not None
     return AttachmentSpec(
         workspace=WorkspaceRef(sub, ws_rg, ws_name),

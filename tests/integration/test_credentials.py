@@ -27,7 +27,10 @@ def token_requests(emulator: Any, since: int) -> list[dict[str, Any]]:
 
 
 def arm_calls(emulator: Any, since: int) -> list[dict[str, Any]]:
-    return [r for r in emulator.requests(since) if r["target"] != "identity"]
+    """ARM requests, without token requests and the operator's token-less readiness probe
+    (GET /subscriptions), which asks ARM for nothing."""
+    return [r for r in emulator.requests(since) if r["target"] != "identity"
+            and not (r["path"] == "/subscriptions" and r["auth"] == "none")]
 
 
 def refused(emulator: Any, since: int) -> list[dict[str, Any]]:
@@ -113,6 +116,9 @@ def test_missing_environment_credentials_are_stalled(
     assert "EnvironmentCredential" in stalled["message"], stalled
     assert "AZURE_CLIENT_ID" in stalled["message"], stalled
     assert arm_calls(emulator, mark) == []
+    # One event for the failure, not one per retry.
+    warnings = [(r, m) for t, r, m in attachments.events("noenv") if t == "Warning"]
+    assert len(warnings) == 1 and "EnvironmentCredential" in warnings[0][1], warnings
     print(f"Stalled message: {stalled['message']}")
 
 
@@ -131,6 +137,9 @@ def test_default_credential_with_nothing_configured_is_stalled_with_every_reason
     attachments.wait_condition("nodefault", "True", type_="Stalled",
                                reason="CredentialsUnavailable", timeout=60)
     message = attachments.condition("nodefault", "Stalled")["message"]
+    assert attachments.condition("nodefault", "Reconciling")["status"] == "False"
+    warnings = [(r, m) for t, r, m in attachments.events("nodefault") if t == "Warning"]
+    assert len(warnings) == 1 and "DefaultAzureCredential" in warnings[0][1], warnings
     for name in ("DefaultAzureCredential", "EnvironmentCredential", "WorkloadIdentityCredential",
                  "ManagedIdentityCredential", "AzureCliCredential"):
         assert name in message, message

@@ -562,7 +562,15 @@ class WorkspaceLoop:
         written = await self._write(record, decision)
         if written is None:
             return "error"
-        sent = await self.services.api.delete_compute(*target, await self._auth())
+        try:
+            sent = await self.services.api.delete_compute(*target, await self._auth())
+        except ArmError as err:
+            if not err.retryable and written is not record:
+                # A permanent failure is retried quietly: the status already says Detaching,
+                # and this is its only chance to be told. A transient one is decided again,
+                # and its retry posts the event.
+                self._post(written, decision.events)
+            raise
         self._sent(record.uid, "Detach", sent.url, decision.failed)
         self._post(written, decision.events)
         return "requeue"

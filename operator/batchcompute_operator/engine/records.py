@@ -70,8 +70,11 @@ class Record:
 
     @property
     def requested_name(self) -> str:
-        spec = self.valid
-        return spec.compute_name if spec is not None else self.name
+        """The compute name the spec asks for, valid or not (status.computeName, the COMPUTE
+        column); metadata.name when the spec names none."""
+        if isinstance(self.spec, AttachmentSpec):
+            return self.spec.compute_name
+        return self.spec.requested_name or self.name
 
     def target(self) -> tuple[WorkspaceRef, str] | None:
         """What a deletion detaches: the compute recorded in status first, else the spec's."""
