@@ -191,7 +191,7 @@ def remedy(code: str, target: str, spec: AttachmentSpec | None) -> str:
         return "keep BCO_API_VERSION at 2020-02-02, the last version that knows Batch computes"
     if code == "UnsafeOperationUrl":
         return "check BCO_ARM_ENDPOINT; nothing was sent to that URL"
-    if code == "InvalidTagCount":
+    if code in ("InvalidTags", "InvalidTagCount"):
         return "use at most 48 tags in spec.tags (the operator adds 2 of its own)"
     return ""
 
