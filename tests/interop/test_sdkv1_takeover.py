@@ -259,3 +259,37 @@ def test_observe_makes_no_arm_write_through_attach_drift_and_delete(
              and workspace.name in e["path"]]
     assert reads and {e["method"] for e in reads} == {"GET"}  # it did look
     stayed_on_loopback(attached, detached)
+
+
+def test_watch_first_then_manage_then_let_go(
+    emulator: Emulator, operator: OperatorProcess, workspace: Workspace,
+    attachments: Attachments,
+) -> None:
+    """Observe -> Manage adopts with one PUT; Manage -> Observe drops the finalizer, so the
+    delete that follows leaves the compute attached, with no ARM write."""
+    # Attached out of band, as SDK v1 leaves an attachment: no tags.
+    emulator.admin("PUT", f"/computes/{workspace.subscription}/{workspace.resource_group}/"
+                          f"{workspace.name}/legacy-batch",
+                   json={"properties": {"computeType": "Batch",
+                                        "resourceId": workspace.account_id()}})
+    since = emulator.last_seq()
+    attachments.create("legacy-batch", workspace.spec(managementPolicy="Observe"))
+    attachments.wait_condition("legacy-batch", reason="Attached")
+    assert operator_writes(emulator, workspace, since) == []
+
+    attachments.patch_spec("legacy-batch", {"managementPolicy": "Manage"})
+    managed = attachments.wait_condition("legacy-batch", reason="Attached")
+    assert managed["metadata"]["finalizers"] == ["batchcompute.azureml.dev/finalizer"]
+    assert operator_writes(emulator, workspace, since) == [("PUT", "legacy-batch")]
+    assert "Adopting" in attachments.reasons("legacy-batch")
+    assert workspace.computes(emulator)["legacy-batch"]["tags"][OWNER_UID_TAG] == \
+        managed["metadata"]["uid"]
+
+    attachments.patch_spec("legacy-batch", {"managementPolicy": "Observe"})
+    wait_for(lambda: not (attachments.get("legacy-batch") or {})["metadata"].get("finalizers"),
+             timeout=10, message="the finalizer removed")
+    attachments.delete("legacy-batch")
+    attachments.wait_gone("legacy-batch", timeout=10)
+    assert operator_writes(emulator, workspace, since) == [("PUT", "legacy-batch")]
+    left = workspace.computes(emulator)["legacy-batch"]
+    assert left["properties"]["provisioningState"] == "Succeeded"
