@@ -16,8 +16,10 @@ Two readers, each applied to one object (a dict as the API server returns it):
     4. a `Ready` condition: True is Current, False or Unknown is InProgress;
     5. otherwise Current, which is why an object without any status reads as Current.
 
-Unit tests feed them hand-written statuses (tests/unit/fixtures/statuses/); integration tests
-feed them the statuses recorded from the running operator.
+Unit tests feed them the objects in tests/unit/fixtures/statuses/: recorded from the running
+operator for every state tests/integration/test_gitops_health.py goes through, written by
+hand to the same shape for the others. That integration test feeds them every state a watch
+stream shows of the running operator's resources.
 """
 
 from __future__ import annotations

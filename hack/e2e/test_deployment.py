@@ -171,7 +171,8 @@ def test_a_missing_batch_account_fails_the_attach(
     spec["batchAccount"] = {"resourceGroup": workspace.batch_resource_group,
                             "accountName": "nosuchaccount"}  # fmt: skip
     attachments.create("missing", spec)
-    obj = attachments.wait_condition("missing", "False", reason="AttachFailed", timeout=TIMEOUT)
+    obj = attachments.wait_condition("missing", "False", reason="ResourceNotFound",
+                                     timeout=TIMEOUT)
     assert obj["status"]["provisioningState"] == "Failed"
     assert obj["status"]["provisioningErrors"][0]["code"] == "ResourceNotFound"
     attachments.delete("missing")

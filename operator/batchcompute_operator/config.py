@@ -7,6 +7,7 @@ anything, with one line naming the variable, the value and what is accepted.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import ssl
@@ -63,26 +64,33 @@ class _Env:
         value = self.env.get(name)
         return value.strip() if value is not None and value.strip() else None
 
-    def number(self, name: str, default: float, minimum: float = 0.0,
-               maximum: float | None = None) -> float:
+    def seconds(self, name: str, default: float, minimum: float = 0.0,
+                maximum: float | None = None, *, not_below: str | None = None) -> float:
+        """A duration in seconds; `not_below` names the setting `minimum` comes from."""
         raw = self.raw(name)
         if raw is None:
             return default
-        accepted = f"a number from {minimum:g}" + (f" to {maximum:g}" if maximum else " up")
+        accepted = f"a number of seconds from {minimum:g}" + (
+            f" to {maximum:g}" if maximum else " up") + (
+            f" (not below {not_below})" if not_below else "")
         try:
             value = float(raw)
         except ValueError:
             raise ConfigError(name, raw, accepted) from None
-        if value != value or value < minimum or (maximum is not None and value > maximum):
+        if not math.isfinite(value) or value < minimum or \
+                (maximum is not None and value > maximum):
             raise ConfigError(name, raw, accepted)
         return value
 
     def integer(self, name: str, default: int, minimum: int = 0,
-                maximum: int | None = None) -> int:
+                maximum: int | None = None, *, what: str = "a whole number",
+                zero: str = "") -> int:
+        """`what` the number is ("a port number"); `zero` says what 0 means."""
         raw = self.raw(name)
         if raw is None:
             return default
-        accepted = f"a whole number from {minimum}" + (f" to {maximum}" if maximum else " up")
+        accepted = f"{what} from {minimum}" + (
+            f" to {maximum}" if maximum else " up") + (f" ({zero})" if zero else "")
         if not re.fullmatch(r"\d+", raw) or int(raw) < minimum or \
                 (maximum is not None and int(raw) > maximum):
             raise ConfigError(name, raw, accepted)
@@ -114,11 +122,13 @@ class _Env:
             raise ConfigError(name, raw, accepted)
         return raw
 
-    def url(self, name: str, default: str, *, insecure: bool = False) -> str:
+    def url(self, name: str, default: str, *, insecure: bool = False,
+            connected: bool = True) -> str:
+        """`connected`: the operator connects to it (an audience is only a name)."""
         raw = (self.raw(name) or default).rstrip("/")
         schemes = ("https://", "http://") if insecure else ("https://",)
         if not raw.startswith(schemes) or len(raw) <= len("https://") or " " in raw:
-            accepted = "an https:// URL" + ("" if insecure else
+            accepted = "an https:// URL" + ("" if insecure or not connected else
                                             " (plain http needs BCO_ALLOW_INSECURE_HTTP=true,"
                                             " for local development only)")
             raise ConfigError(name, raw, accepted)
@@ -144,7 +154,8 @@ class _Env:
         found = tuple(x.strip() for x in (self.raw(name) or "").split(",") if x.strip())
         for item in found:
             if not _DNS_LABEL.fullmatch(item):
-                raise ConfigError(name, self.raw(name) or "", "comma-separated namespace names")
+                raise ConfigError(name, self.raw(name) or "", "comma-separated namespace "
+                                  "names (lowercase letters, digits and '-')")
         return found
 
     def buckets(self) -> dict[Kind, BucketFigures]:
@@ -158,7 +169,7 @@ class _Env:
                 cap, rate = (float(x) for x in raw.split("/"))
             except ValueError:
                 raise ConfigError(key, raw, "BUCKET/REFILL, e.g. 200/10") from None
-            if cap < 1 or rate <= 0:
+            if not (math.isfinite(cap) and math.isfinite(rate)) or cap < 1 or rate <= 0:
                 raise ConfigError(key, raw, "BUCKET/REFILL, both positive, e.g. 200/10")
             buckets[kind] = BucketFigures(cap, rate)
         return buckets
@@ -215,38 +226,43 @@ class Settings:
         except (PolicyError, OSError) as err:
             raise ConfigError("BCO_WORKSPACE_POLICY", (raw_policy or "")[:80],
                               f"a JSON policy or @file ({err})") from None
-        retry_min = env.number("BCO_RETRY_MIN", cls.retry_min, 0.1)
-        failure_min = env.number("BCO_FAILURE_RETRY_MIN", cls.failure_retry_min, 0.1)
-        health = env.integer("BCO_HEALTH_PORT", cls.health_port, 0, 65535)
-        metrics_port = env.integer("BCO_METRICS_PORT", cls.metrics_port, 0, 65535)
+        retry_min = env.seconds("BCO_RETRY_MIN", cls.retry_min, 0.1)
+        failure_min = env.seconds("BCO_FAILURE_RETRY_MIN", cls.failure_retry_min, 0.1)
+        health = env.integer("BCO_HEALTH_PORT", cls.health_port, 0, 65535, what="a port number",
+                             zero="0 turns the probes off")
+        metrics_port = env.integer("BCO_METRICS_PORT", cls.metrics_port, 0, 65535,
+                                   what="a port number", zero="0 turns /metrics off")
         return cls(
             workspace_policy=policy,
             arm_endpoint=env.url("BCO_ARM_ENDPOINT", cls.arm_endpoint, insecure=insecure),
-            arm_audience=env.url("BCO_ARM_AUDIENCE", cls.arm_audience),
+            arm_audience=env.url("BCO_ARM_AUDIENCE", cls.arm_audience, connected=False),
             api_version=env.matching("BCO_API_VERSION", _API_VERSION,
                                      "an api-version such as 2020-02-02") or SDK_V1_API_VERSION,
             allow_insecure_http=insecure,
             ca_bundle=env.ca_bundle("BCO_CA_BUNDLE"),
-            http_timeout=env.number("BCO_HTTP_TIMEOUT", cls.http_timeout, 0.1),
+            http_timeout=env.seconds("BCO_HTTP_TIMEOUT", cls.http_timeout, 0.1),
             max_connections=env.integer("BCO_MAX_CONNECTIONS", cls.max_connections, 1),
             kube_connections=env.integer("BCO_KUBE_CONNECTIONS", cls.kube_connections, 1),
             credential=credential,  # type: ignore[arg-type]
             static_token_file=token_file,
             managed_identity_client_id=env.matching("BCO_MANAGED_IDENTITY_CLIENT_ID", _GUID,
                                                     "a client id (GUID)"),
-            resync_interval=env.number("BCO_RESYNC_INTERVAL", cls.resync_interval, 1.0),
-            poll_interval=env.number("BCO_POLL_INTERVAL", cls.poll_interval, 0.2),
-            observe_max_age=env.number("BCO_OBSERVE_MAX_AGE", cls.observe_max_age),
-            detach_wait=env.number("BCO_DETACH_WAIT", cls.detach_wait),
+            resync_interval=env.seconds("BCO_RESYNC_INTERVAL", cls.resync_interval, 1.0),
+            poll_interval=env.seconds("BCO_POLL_INTERVAL", cls.poll_interval, 0.2),
+            observe_max_age=env.seconds("BCO_OBSERVE_MAX_AGE", cls.observe_max_age),
+            detach_wait=env.seconds("BCO_DETACH_WAIT", cls.detach_wait),
             retry_min=retry_min,
-            retry_max=env.number("BCO_RETRY_MAX", cls.retry_max, retry_min),
+            retry_max=env.seconds("BCO_RETRY_MAX", cls.retry_max, retry_min,
+                                  not_below="BCO_RETRY_MIN"),
             failure_retry_min=failure_min,
-            failure_retry_max=env.number("BCO_FAILURE_RETRY_MAX", cls.failure_retry_max,
-                                         failure_min),
+            failure_retry_max=env.seconds("BCO_FAILURE_RETRY_MAX", cls.failure_retry_max,
+                                          failure_min, not_below="BCO_FAILURE_RETRY_MIN"),
             loop_workers=env.integer("BCO_LOOP_WORKERS", cls.loop_workers, 1, 256),
             namespaces=env.names("BCO_NAMESPACES"),
-            peering=env.matching("BCO_PEERING", _DNS_LABEL, "a Kubernetes object name"),
-            peering_lifetime=env.integer("BCO_PEERING_LIFETIME", cls.peering_lifetime, 5),
+            peering=env.matching("BCO_PEERING", _DNS_LABEL, "a Kubernetes object name "
+                                 "(lowercase letters, digits and '-', up to 63)"),
+            peering_lifetime=env.integer("BCO_PEERING_LIFETIME", cls.peering_lifetime, 5,
+                                         what="a whole number of seconds"),
             health_port=health,
             metrics_port=metrics_port,
             log_level=env.choice("BCO_LOG_LEVEL", cls.log_level, LOG_LEVELS, fold=True),

@@ -139,12 +139,10 @@ async def observe(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
     _runtime(memo).engine.observe(event.get("type"), event["object"])
 
 
-def managed(spec: kopf.Spec, **_: Any) -> bool:
-    """Observe-only resources get no finalizer: deleting them never detaches anything."""
-    return bool(spec.get("managementPolicy", "Manage") != "Observe")
-
-
-@kopf.on.delete(*RESOURCE, when=managed)
+# No `when=` filter here, though observe-only resources need no detach: kopf evaluates a
+# filter on every watch event of every resource, which costs more CPU than all the rest of
+# its event handling; the engine releases an observe-only resource at once instead.
+@kopf.on.delete(*RESOURCE)
 async def release(body: kopf.Body, memo: Any, **_: Any) -> None:
     runtime = _runtime(memo)
     settings = runtime.settings

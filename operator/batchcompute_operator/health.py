@@ -2,8 +2,9 @@
 
 Liveness says the process is alive: its event loop answers and no workspace loop is wedged in
 one pass (every await in a pass is bounded by a timeout, so a pass that runs for many minutes
-is a bug, not load). Readiness says it can work: the Kubernetes API and ARM both answered
-recently. Probe requests write no access log line.
+is a bug, not load). Readiness says it can work: kopf's watch has handed over the objects that
+existed at start, the Kubernetes API answered recently, and ARM answered. Probe requests write
+no access log line.
 """
 
 from __future__ import annotations
@@ -28,25 +29,39 @@ log = logging.getLogger(__name__)
 STUCK_PASS_SECONDS = 600.0
 FRESH_SECONDS = 90.0  # how recent an answer from each API must be for readiness
 PROBE_EVERY = 30.0
+LEADER_NAME = "batchcompute-operator"
 
 
 class Census(Collector):
-    """Attachments by state and Ready status, counted at scrape time from the engine."""
+    """Attachments by state and Ready status, counted at scrape time from the engine, and
+    whether this replica is the one acting (controller-runtime's leader gauge).
+
+    A replica standing by reports no attachments: what it knows is as old as its pause, and
+    summing over every replica of an HA pair must count each attachment once.
+    """
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        active = self._runtime.gate.active.is_set()
+        leader = GaugeMetricFamily(
+            "leader_election_master_status",
+            "1 while this replica acts (standalone, or the active one of an HA pair), "
+            "0 while it stands by", labels=["name"])
+        leader.add_metric([LEADER_NAME], 1 if active else 0)
+        yield leader
         family = GaugeMetricFamily("batchcompute_attachments",
                                    "Attachments by provisioning state and Ready status",
                                    labels=["state", "ready"])
-        for (state, ready), count in sorted(self._runtime.engine.census().items()):
-            family.add_metric([state, ready], count)
-        yield family
         unverified = GaugeMetricFamily(
             "batchcompute_attachments_unverified",
             "Attachments not yet compared with ARM since this process started")
-        unverified.add_metric([], self._runtime.engine.unverified)
+        if active:
+            for (state, ready), count in sorted(self._runtime.engine.census().items()):
+                family.add_metric([state, ready], count)
+            unverified.add_metric([], self._runtime.engine.unverified)
+        yield family
         yield unverified
 
 
@@ -57,6 +72,8 @@ class HealthServer:
         self._runners: list[web.AppRunner] = []
         self._prober: asyncio.Task[None] | None = None
         self._census = Census(runtime)
+        self._existing: int | None = None  # objects there were when the operator started
+        self._since = time.monotonic()
 
     async def start(self) -> None:
         settings = self.runtime.settings
@@ -98,11 +115,17 @@ class HealthServer:
         rt = self.runtime
         while True:
             now = time.monotonic()
-            if now - rt.kube.last_success > PROBE_EVERY:
+            if now - rt.kube.last_success > PROBE_EVERY or self._existing is None:
                 with contextlib.suppress(Exception):
-                    path = resource_path(rt.settings.namespaces[0]
-                                         if rt.settings.namespaces else None)
-                    await rt.kube.request("GET", path, params={"limit": "1"})
+                    count = 0
+                    for namespace in rt.settings.namespaces or (None,):
+                        resp = await rt.kube.request("GET", resource_path(namespace),
+                                                     params={"limit": "1"})
+                        body = resp.json() or {}
+                        count += len(body.get("items") or []) + int(
+                            (body.get("metadata") or {}).get("remainingItemCount") or 0)
+                    if self._existing is None:
+                        self._existing = count
             if not rt.client.reachable:
                 await rt.client.probe()
             await asyncio.sleep(PROBE_EVERY / 3)
@@ -113,10 +136,21 @@ class HealthServer:
             return web.json_response({"ok": False, "stuck": stuck[:10]}, status=500)
         return web.json_response({"ok": True})
 
+    def watching(self) -> bool:
+        """kopf's watch has handed over the objects that existed at start (its listing).
+
+        Objects deleted meanwhile never arrive, so after a minute the listing counts as done.
+        """
+        if self._existing is None:
+            return False
+        return self.runtime.engine.listed >= self._existing or \
+            time.monotonic() - self._since > 60
+
     async def readyz(self, _: web.Request) -> web.Response:
         rt, now = self.runtime, time.monotonic()
         checks = {
             "started": self._started.is_set(),
+            "watching": self.watching(),
             "kubernetes": now - rt.kube.last_success < FRESH_SECONDS,
             "arm": rt.client.reachable,
         }

@@ -298,6 +298,19 @@ def _ended_badly(observed: Observed) -> OperationStatus | None:
     return result if result is not None and result.status in ("Failed", "Canceled") else None
 
 
+def _while_in_flight(s: Situation, view: ComputeView | None, kind: str,
+                     spec: AttachmentSpec | None) -> Decision | None:
+    """An operation of ours may still run: ask it, wait for it, or report how it ended badly.
+
+    None: it ended well or is unknown, so decide from what ARM has.
+    """
+    pending = _pending(s)
+    if pending is not None:
+        return pending
+    result = _ended_badly(s.observed)
+    return _failed(view, result, kind, spec) if result is not None else None
+
+
 def _failed(view: ComputeView | None, op: OperationStatus | None, kind: str,
             spec: AttachmentSpec | None) -> Decision:
     """An operation (or the compute ARM left behind) ended Failed or Canceled: stalled."""
@@ -377,23 +390,17 @@ def _decide_attach(s: Situation) -> Decision:
                 _owned_by(view, owner):
             if view.provisioning_state == "Deleting":
                 return WAIT
-            pending = _pending(s)
-            if pending is not None:
-                return pending
-            failed = _ended_badly(s.observed)
-            if failed is not None:
-                return _failed(view, failed, "Detach", spec)
+            outcome = _while_in_flight(s, view, "Detach", spec)
+            if outcome is not None:
+                return outcome
         elif view is None:
             events.append(Event("Normal", "Detached",
                                 f"detached {rec.cluster_resource_id} before attaching "
                                 f"{spec.batch_account_id}"))
     elif op == "Attach" and view is None:
-        pending = _pending(s)
-        if pending is not None:
-            return pending
-        result = _ended_badly(s.observed)
-        if result is not None:
-            return _failed(None, result, "Attach", spec)
+        outcome = _while_in_flight(s, None, "Attach", spec)
+        if outcome is not None:
+            return outcome
     elif op == "Attach" and view is not None and view.provisioning_state in BUSY_STATES \
             and _owned_by(view, owner) is not False:
         return WAIT

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from batchcompute_operator import GROUP, PLURAL, VERSION
+from batchcompute_operator import GROUP, PLURAL, VERSION, metrics
 from batchcompute_operator.config import Settings
 from batchcompute_operator.credentials import (
     CredentialsUnavailable,
@@ -27,6 +27,7 @@ from batchcompute_operator.kube.peering import PeeringGate
 from batchcompute_operator.workspace.api import WorkspaceApi
 from batchcompute_operator.workspace.client import ArmClient, TokenGetter
 from batchcompute_operator.workspace.pacing import SubscriptionPacer
+from batchcompute_operator.workspace.transport import AiohttpTransport
 
 
 @dataclass
@@ -97,14 +98,15 @@ def resource_path(namespace: str | None = None) -> str:
 
 def build_runtime(settings: Settings, connect: Connector, *, identity: str,
                   priority: int) -> Runtime:
+    if not settings.metrics_port:
+        metrics.turn_off()
     verify: ssl.SSLContext | bool = True
     if settings.ca_bundle:
         verify = ssl.create_default_context(cafile=settings.ca_bundle)
     http = httpx.AsyncClient(
-        verify=verify,
+        transport=AiohttpTransport(verify=verify, limit=settings.max_connections,
+                                   timeout=settings.http_timeout),
         timeout=httpx.Timeout(settings.http_timeout),
-        limits=httpx.Limits(max_connections=settings.max_connections,
-                            max_keepalive_connections=settings.max_connections),
         follow_redirects=False,  # a redirect could carry the token to another host
         trust_env=False,  # no proxy or netrc surprises: only the configured ARM host
     )

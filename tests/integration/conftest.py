@@ -345,9 +345,10 @@ def start_operator(installed: Cluster, emulator: Emulator, namespace: str,
     started: list[OperatorProcess] = []
     kubeconfig = installed.operator_kubeconfig or installed.kubeconfig
 
-    def start(**env: str) -> OperatorProcess:
+    def start(*, verbose: bool = True, **env: str) -> OperatorProcess:
         proc = OperatorProcess(kubeconfig, emulator, (namespace,),
-                               tmp_path / f"operator-{len(started)}.log", env_overrides=env)
+                               tmp_path / f"operator-{len(started)}.log", env_overrides=env,
+                               verbose=verbose)
         started.append(proc)
         return proc.start()
 

@@ -42,6 +42,7 @@ class OperatorProcess:
     proc: subprocess.Popen[bytes] | None = None
     health_port: int = 0
     metrics_port: int = 0
+    verbose: bool = True  # --verbose (DEBUG); False: the level BCO_LOG_LEVEL sets, INFO by default
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("BCO_", "AZURE_"))}
@@ -74,7 +75,8 @@ class OperatorProcess:
         self.metrics_port = self.metrics_port or free_port()
         log = self.log_file.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "batchcompute_operator", "--verbose"],
+            [sys.executable, "-m", "batchcompute_operator",
+             *(["--verbose"] if self.verbose else [])],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             env=self.env(), cwd=REPO_ROOT,
         )

@@ -44,7 +44,9 @@ def test_attach_by_account_name_then_detach_on_delete(
     assert status["observedGeneration"] == obj["metadata"]["generation"]
     assert "operation" not in status
     assert FINALIZER in obj["metadata"]["finalizers"]
-    assert {"Attaching", "Attached"} <= set(attachments.reasons("mybatch"))
+    # Events are posted after the status write they belong to: they follow Ready shortly.
+    wait_for(lambda: {"Attaching", "Attached"} <= set(attachments.reasons("mybatch")),
+             timeout=10, message="Attaching and Attached events")
     # kopf's bookkeeping stays out of metadata (and so out of GitOps diffs).
     assert not [a for a in obj["metadata"].get("annotations", {}) if "kopf" in a]
 

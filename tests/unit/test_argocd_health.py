@@ -29,25 +29,27 @@ PATCH_FILE = REPO_ROOT / "deploy" / "argocd" / "argocd-cm-patch.yaml"
 HEALTH_KEY = "resource.customizations.health.batchcompute.azureml.dev_BatchComputeAttachment"
 
 WAITING_GEN_1 = "Waiting for the operator to observe the resource"
-DETACH = "Detaching compute mybatch from workspace ml-ws (the Batch account itself is kept)"
+ACCOUNT = ("/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/batch-rg/providers"
+           "/Microsoft.Batch/batchAccounts/mybatchacct")
+ATTACHED = f"{ACCOUNT} is attached as 'mybatch'"
+DETACH = f"detaching {ACCOUNT} from workspace compute 'mybatch'"
 RBAC_DETACH = ("The operator's identity may not delete computes in workspace ml-ws: assign it "
                "the role AzureML Compute Operator on the workspace, or set "
                "spec.deletionPolicy: Orphan")
 
-# fixture -> (Argo CD status, Argo CD message (None: the Stalled condition's), kstatus)
+# fixture -> (Argo CD status, Argo CD message (None: the Stalled condition's), kstatus).
+# The fixtures of the states tests/integration/test_gitops_health.py goes through are
+# recorded from the running operator there; the others are written to the same shape.
 VERDICTS: dict[str, tuple[str, str | None, str]] = {
     # create -> Ready
     "created-no-status": ("Progressing", WAITING_GEN_1, "Current"),
-    "observed-before-arm": ("Progressing", "Generation 1 observed; looking up the workspace and "
-                            "the compute before attaching", "InProgress"),
-    "attaching": ("Progressing", "Attaching Batch account mybatchacct to workspace ml-ws as "
-                  "compute mybatch", "InProgress"),
+    "observed-before-arm": ("Progressing", f"attaching {ACCOUNT} as 'mybatch' in workspace "
+                            "'ml-ws'", "InProgress"),
     "throttled": ("Progressing", "ARM throttled the subscription (SubscriptionRequestsThrottled); "
                   "retrying in 17 s as told by Retry-After", "InProgress"),
     "retrying": ("Progressing", "The workspace API answered 503 ServiceUnavailable; retrying in "
                  "10 s", "InProgress"),
-    "attached": ("Healthy", "Batch account mybatchacct is attached to workspace ml-ws as compute "
-                 "mybatch", "Current"),
+    "attached": ("Healthy", ATTACHED, "Current"),
     # a human is needed
     "stalled-authorization-failed": ("Degraded", None, "Failed"),
     "stalled-resource-not-found": ("Degraded", None, "Failed"),
@@ -55,13 +57,14 @@ VERDICTS: dict[str, tuple[str, str | None, str]] = {
     "stalled-invalid-spec": ("Degraded", None, "Failed"),
     "stalled-workspace-not-allowed": ("Degraded", None, "Failed"),
     "stalled-credentials-unavailable": ("Degraded", None, "Failed"),
-    # a spec edit: another Batch account
+    # a spec edit: tags (edited-*), or another Batch account
     "edited-not-yet-observed": ("Progressing", "Waiting for the operator to observe generation 2 "
                                 "(status describes generation 1)", "InProgress"),
+    "edited-updating": ("Progressing", "bringing 'mybatch' in workspace 'ml-ws' to the current "
+                        "spec", "InProgress"),
     "edited-detaching-old-account": ("Progressing", "Detaching Batch account mybatchacct before "
                                      "attaching otherbatchacct", "InProgress"),
-    "edited-attached": ("Healthy", "Batch account otherbatchacct is attached to workspace ml-ws "
-                        "as compute mybatch", "Current"),
+    "edited-attached": ("Healthy", ATTACHED, "Current"),
     # deletion (the API server bumps metadata.generation when it sets deletionTimestamp)
     "deleting-not-yet-observed": ("Progressing", "Being deleted: waiting for the operator to "
                                   "detach the compute and remove its finalizer", "Terminating"),
@@ -277,7 +280,7 @@ def test_fixture_status_fits_the_crd(name: str) -> None:
 
 
 def test_schema_check_catches_a_wrong_status() -> None:
-    obj = copy.deepcopy(load("attaching"))
+    obj = copy.deepcopy(load("observed-before-arm"))
     obj["status"]["operation"]["kind"] = "Delete"
     obj["status"]["ready"] = True
     assert schema_errors(obj["status"], status_schema(), "status") == [

@@ -54,6 +54,7 @@ class Engine:
         self._releases: dict[str, asyncio.Future[None]] = {}
         self._builder = RecordBuilder()
         self.verified: set[str] = set()  # resources compared with ARM since this process began
+        self.listed = 0  # objects kopf's start-up listing has handed over so far
         self.started = services.clock()
         self._stopping = False
 
@@ -65,6 +66,8 @@ class Engine:
         uid = meta.get("uid") if isinstance(meta, Mapping) else None
         if not isinstance(uid, str):
             return None
+        if event_type is None:
+            self.listed += 1
         if event_type == "DELETED":
             self.forget(uid)
             return None

@@ -256,8 +256,12 @@ class WorkspaceLoop:
         if unacked:
             await self._each(unacked, self._acknowledge)
             members = [r for uid in list(self.members) if (r := records.get(uid)) is not None]
+        # Deletions that need nothing from ARM (Orphan, observe-only, nothing recorded) go
+        # ahead whatever ARM is doing, so a failing LIST never blocks them.
+        self._enqueue([r for r in members if r.deleting and r.uid not in self._busy and
+                       (r.orphan or r.observe_only or r.target() is None)])
         if now < self.list_retry_at:
-            return  # a failed LIST is backing off; acknowledgements went ahead above
+            return  # a failed LIST is backing off; the work above needed no ARM
         full = now >= self.last_full + self.settings.resync_interval
         due = [r for r in members if (full or self._look_due(r, now))
                and (r.acknowledged or r.deleting) and r.uid not in self._busy]
@@ -275,7 +279,10 @@ class WorkspaceLoop:
             if full and self.snapshot is not None:
                 self.last_full = self.snapshot.started
         # 3. Hand them to the workers, which decide with the newest record and act.
-        for record in due:
+        self._enqueue(due)
+
+    def _enqueue(self, records: Iterable[Record]) -> None:
+        for record in records:
             self.fresh.discard(record.uid)
             if record.uid not in self._queued:
                 self._queue.append(record.uid)
@@ -342,15 +349,18 @@ class WorkspaceLoop:
             try:
                 result = await self._step(uid)
             except Exception:
-                log.exception("workspace %s: step for %s failed", self.describe(), uid)
+                record = self.engine.records.get(uid)
+                log.exception("workspace %s: step for %s failed", self.describe(),
+                              f"{record.namespace}/{record.name}" if record else uid,
+                              extra=_context(record) if record else None)
                 result = "error"
             finally:
                 self._busy.discard(uid)
                 gauge.dec()
                 if uid in self.fresh:
                     self._wake.set()  # it changed while we were busy with it
-            metrics.reconcile_time.labels(metrics.CONTROLLER).observe(clock() - began)
-            if result is not None:
+            if result is not None:  # None: the resource was gone, nothing was reconciled
+                metrics.reconcile_time.labels(metrics.CONTROLLER).observe(clock() - began)
                 metrics.reconcile_total.labels(metrics.CONTROLLER, result).inc()
                 if result == "error":
                     metrics.reconcile_errors.labels(metrics.CONTROLLER).inc()
@@ -613,9 +623,13 @@ class WorkspaceLoop:
         return self.engine.written(body) or record
 
     def _post(self, record: Record, events: Iterable[Event]) -> None:
+        """Post each event, and log it: at the default level, these are the lines per resource."""
         obj = InvolvedObject(API_VERSION, KIND, record.namespace, record.name, record.uid)
         for event in events:
             self.services.events.post(obj, event.type, event.reason, event.message)
+            log.log(logging.WARNING if event.type == "Warning" else logging.INFO,
+                    "%s/%s: %s: %s", record.namespace, record.name, event.reason, event.message,
+                    extra={**_context(record), "reason": event.reason})
 
     async def _report(self, record: Record, failure: Failure, err: ArmError | None = None
                       ) -> None:
@@ -698,6 +712,8 @@ def describe_failure(failure: Failure) -> str:
     if failure.target == "credentials":
         return f"no usable credentials: {failure.message}"
     if failure.source == "ARM":
+        if failure.code in ("Timeout", "ConnectionError"):
+            return f"no answer from ARM: {failure.message}"
         return f"ARM answered {failure.code}: {failure.message}"
     return f"{failure.source} failed: {failure.message}"
 

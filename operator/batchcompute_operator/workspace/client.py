@@ -266,7 +266,7 @@ def _resource(url: httpx.URL) -> str:
         return "computes"
     if "workspaces" in parts:
         return "workspaces"
-    return parts[-1] if len(parts) == 1 else "other"
+    return "subscriptions" if parts == ["subscriptions"] else "other"
 
 
 def _json_or_text(resp: httpx.Response) -> Any:
