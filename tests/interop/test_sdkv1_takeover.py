@@ -77,7 +77,8 @@ def export(emulator: Emulator, workspace: Workspace,
     """`kubectl batchcompute export` (hack/kubectl-batchcompute on PATH) with the operator's
     settings, signed in through the managed-identity endpoint."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BCO_", "AZURE_"))}
-    env.update(PATH=f"{REPO_ROOT / 'hack'}{os.pathsep}{env['PATH']}", BCO_PYTHON=sys.executable,
+    env.update(PATH=f"{REPO_ROOT / 'hack'}{os.pathsep}{env['PATH']}",
+               KUBECTL_BATCHCOMPUTE_PYTHON=sys.executable,
                BCO_ARM_ENDPOINT=emulator.arm_url, BCO_CA_BUNDLE=emulator.ca_file,
                BCO_CREDENTIAL="managed-identity", IDENTITY_ENDPOINT=emulator.identity_endpoint,
                IDENTITY_HEADER=emulator.identity_header)

@@ -279,7 +279,8 @@ async def test_kubectl_batchcompute_export_is_the_same_command(azure: Azure) -> 
     await azure.plant("sdk-batch")
     kubectl = shutil.which("kubectl")
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("BCO_")}, **azure.env,
-           "BCO_PYTHON": sys.executable, "PATH": f"{PLUGIN.parent}{os.pathsep}{os.environ['PATH']}"}
+           "KUBECTL_BATCHCOMPUTE_PYTHON": sys.executable,
+           "PATH": f"{PLUGIN.parent}{os.pathsep}{os.environ['PATH']}"}
     argv = [kubectl, "batchcompute"] if kubectl else [str(PLUGIN)]  # kubectl finds the plugin
     proc = await asyncio.create_subprocess_exec(
         *argv, "export", *ARGS, "-n", "team-a", env=env,
