@@ -98,6 +98,22 @@ def resyncs(emulator: Emulator, workspace: Workspace, since: int, count: int) ->
              message=f"{count} resync LISTs of {workspace.name}")
 
 
+def wait_event(attachments: Attachments, name: str, type_: str, reason: str,
+               uid: str | None = None) -> str:
+    """The message of the first such event about `name` (of that uid, when given); events are
+    posted after the status write they belong to."""
+    selector = f"involvedObject.name={name},type={type_},reason={reason}"
+    if uid is not None:
+        selector += f",involvedObject.uid={uid}"
+
+    def found() -> str | None:
+        items = attachments.core.list_namespaced_event(attachments.namespace,
+                                                       field_selector=selector).items
+        return items[0].message if items else None
+
+    return wait_for(found, timeout=WAIT, message=f"a {type_} event {reason} for {name}")
+
+
 def stayed_on_loopback(*results: dict[str, Any]) -> None:
     for result in results:
         assert result["outside_loopback"] == [], result["outside_loopback"]
@@ -137,7 +153,8 @@ def test_what_sdkv1_attached_is_exported_applied_and_adopted_with_one_put(
 
     # adopted: Ready, an Adopting and an Attached event, one PUT each and nothing else
     for name in ("sdk-batch", "portal-batch"):
-        attachments.wait_condition(name, reason="Attached", timeout=30)
+        attachments.wait_condition(name, reason="Attached", timeout=WAIT)
+        wait_event(attachments, name, "Normal", "Attached")
         assert sorted(attachments.reasons(name)) == ["Adopting", "Attached"]
     assert sorted(operator_writes(emulator, workspace, since)) == \
         [("PUT", "Portal-Batch"), ("PUT", "sdk-batch")]
@@ -169,7 +186,7 @@ def test_an_operator_attached_compute_is_a_batchcompute_in_compute_targets(
 ) -> None:
     attachments.create("op-batch", workspace.spec(description="attached by the operator",
                                                   tags={"team": "vision"}))
-    ready = attachments.wait_condition("op-batch", reason="Attached", timeout=30)
+    ready = attachments.wait_condition("op-batch", reason="Attached", timeout=WAIT)
 
     listed = sdk.run("list")
     target = listed["compute_targets"]["op-batch"]
@@ -188,7 +205,7 @@ def test_an_sdkv1_detach_of_an_owned_compute_is_repaired_with_a_drifted_event(
     attachments: Attachments,
 ) -> None:
     attachments.create("owned-batch", workspace.spec())
-    attachments.wait_condition("owned-batch", reason="Attached", timeout=30)
+    attachments.wait_condition("owned-batch", reason="Attached", timeout=WAIT)
     since = emulator.last_seq()
 
     detached = sdk.run("detach", "--name", "owned-batch")
@@ -238,24 +255,25 @@ def test_observe_makes_no_arm_write_through_attach_drift_and_delete(
     ready = attachments.wait_condition("watched", reason="Attached", timeout=WAIT)
     assert ready["status"]["provisioningState"] == "Succeeded"
     assert ready["status"]["clusterResourceId"] == workspace.account_id()
-    assert not ready["metadata"].get("finalizers")  # nothing to hold up a delete
 
-    # delete while attached: the resource goes at once, the compute stays as SDK v1 left it
+    # delete while attached: the operator lets the resource go, the compute stays as SDK v1
+    # left it
     attachments.delete("watched")
     attachments.wait_gone("watched", timeout=WAIT)
+    assert "is left as it is" in wait_event(attachments, "watched", "Normal", "LeftInPlace")
     computes = workspace.computes(emulator)
     assert computes["watched"]["properties"]["provisioningState"] == "Succeeded"
     assert not computes["watched"].get("tags")  # no owner tags: never adopted
 
     # drift: SDK v1 detaches a watched compute -> reported, never re-attached
-    attachments.create("watched", spec)
+    uid = attachments.create("watched", spec)["metadata"]["uid"]
     attachments.wait_condition("watched", reason="Attached", timeout=WAIT)
     detached = sdk.run("detach", "--name", "watched")
     attachments.wait_condition("watched", type_="Stalled", reason="NotAttached",
                                timeout=WAIT)
     resyncs(emulator, workspace, emulator.last_seq(), 1)  # one more look: still no repair
     assert "watched" not in workspace.computes(emulator)
-    assert ("Warning", "NotAttached") in [(t, r) for t, r, _ in attachments.events("watched")]
+    wait_event(attachments, "watched", "Warning", "NotAttached", uid)
     attachments.delete("watched")
     attachments.wait_gone("watched", timeout=WAIT)
 
@@ -270,8 +288,8 @@ def test_watch_first_then_manage_then_let_go(
     emulator: Emulator, operator: OperatorProcess, workspace: Workspace,
     attachments: Attachments,
 ) -> None:
-    """Observe -> Manage adopts with one PUT; Manage -> Observe drops the finalizer, so the
-    delete that follows leaves the compute attached, with no ARM write."""
+    """Observe -> Manage adopts with one PUT; back to Observe, the delete that follows leaves
+    the compute attached, with no ARM write."""
     # Attached out of band, as SDK v1 leaves an attachment: no tags.
     emulator.admin("PUT", f"/computes/{workspace.subscription}/{workspace.resource_group}/"
                           f"{workspace.name}/legacy-batch",
@@ -286,15 +304,16 @@ def test_watch_first_then_manage_then_let_go(
     managed = attachments.wait_condition("legacy-batch", reason="Attached")
     assert managed["metadata"]["finalizers"] == ["batchcompute.azureml.dev/finalizer"]
     assert operator_writes(emulator, workspace, since) == [("PUT", "legacy-batch")]
-    assert "Adopting" in attachments.reasons("legacy-batch")
+    wait_event(attachments, "legacy-batch", "Normal", "Adopting")
     assert workspace.computes(emulator)["legacy-batch"]["tags"][OWNER_UID_TAG] == \
         managed["metadata"]["uid"]
 
     attachments.patch_spec("legacy-batch", {"managementPolicy": "Observe"})
-    wait_for(lambda: not (attachments.get("legacy-batch") or {})["metadata"].get("finalizers"),
-             timeout=WAIT, message="the finalizer removed")
+    attachments.wait_condition("legacy-batch", reason="Attached")
     attachments.delete("legacy-batch")
     attachments.wait_gone("legacy-batch", timeout=WAIT)
     assert operator_writes(emulator, workspace, since) == [("PUT", "legacy-batch")]
     left = workspace.computes(emulator)["legacy-batch"]
     assert left["properties"]["provisioningState"] == "Succeeded"
+    assert left["tags"][OWNER_UID_TAG] == managed["metadata"]["uid"]  # as Manage left it
+    wait_event(attachments, "legacy-batch", "Normal", "LeftInPlace")

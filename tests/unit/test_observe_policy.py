@@ -1,5 +1,5 @@
 """managementPolicy: Observe, from plain data: status mirrors ARM, Ready says whether the compute
-is attached as declared, and no decision ever writes to ARM or holds up a delete.
+is attached as declared, and no decision ever writes to ARM; a deletion is released at once.
 
 Each step is set beside what `Manage` decides from the same observation, so the difference is
 what the test shows. The interop tests (tests/interop/test_sdkv1_takeover.py) count the same
@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 import yaml
 
-from batchcompute_operator import handlers
 from batchcompute_operator.compute import ArmErrorDetail, ComputeView
 from batchcompute_operator.reconcile import (
     OWNER_TAG,
@@ -173,13 +172,6 @@ def test_deleting_never_detaches_whatever_the_tags_and_deletion_policy_say() -> 
     managed = Situation(MANAGE, OWNER, EMPTY, Observed(owned))
     assert decide_detach((MANAGE.workspace, "sdk-batch"), managed,
                          orphan=False).action is Action.DELETE
-
-
-def test_observe_resources_get_no_finalizer() -> None:
-    """kopf's delete handler, which the finalizer exists for, runs only `when=managed`."""
-    assert handlers.managed(spec={"managementPolicy": "Observe"}) is False
-    assert handlers.managed(spec={"managementPolicy": "Manage"}) is True
-    assert handlers.managed(spec={}) is True
 
 
 def test_the_policy_is_an_enum_a_typo_is_refused() -> None:
