@@ -158,6 +158,15 @@ def test_what_sdkv1_attached_is_exported_applied_and_adopted_with_one_put(
         assert sorted(attachments.reasons(name)) == ["Adopting", "Attached"]
     assert sorted(operator_writes(emulator, workspace, since)) == \
         [("PUT", "Portal-Batch"), ("PUT", "sdk-batch")]
+    [adoption] = [e["body"] for e in emulator.requests(since) if e["method"] == "PUT"
+                  and e["path"].endswith("/Portal-Batch")]
+    portal_uid = attachments.get("portal-batch")["metadata"]["uid"]  # type: ignore[index]
+    assert adoption == {  # the same attachment, with the owner recorded and nothing lost
+        "location": "westeurope",
+        "tags": {"cost-center": "ml-42",
+                 OWNER_TAG: f"{attachments.namespace}/portal-batch", OWNER_UID_TAG: portal_uid},
+        "properties": {"computeType": "Batch", "resourceId": workspace.account_id(),
+                       "description": "attached in the portal"}}
 
     # SDK v1 still sees its compute Succeeded, now with the owner tags
     status = sdk.run("status", "--name", "sdk-batch")
