@@ -60,7 +60,7 @@ test-pythons: venv ## the unit suite on each of PYTHON_VERSIONS (.venv serves it
 	done
 
 .PHONY: test-interop
-test-interop: venv ## Azure ML SDK v1 (its own cached venv) against the emulator, network-isolated
+test-interop: venv controlplane ## Azure ML SDK v1 (its own cached venv) against the emulator and the running operator, network-isolated
 	@command -v ip >/dev/null || { apt-get update -qq && apt-get install -y -qq iproute2; }
 	@set -o pipefail; py="$$(bash hack/sdkv1-venv.sh | tail -n 1)" && BCO_SDKV1_PYTHON="$$py" \
 	  unshare --net -- sh -c 'ip link set lo up && exec $(BIN)/pytest tests/interop -q $(PYTEST_ARGS)'

@@ -1,4 +1,5 @@
-"""Entry point: `python -m batchcompute_operator [flags]`; flags override BCO_* variables."""
+"""Entry point: `python -m batchcompute_operator [flags]` runs the operator (flags override
+BCO_* variables); `python -m batchcompute_operator export ...` prints manifests (export.py)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ FLAGS = {
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="batchcompute-operator",
-        description="Attach Azure Batch accounts to Azure ML workspaces from Kubernetes.")
+        description="Attach Azure Batch accounts to Azure ML workspaces from Kubernetes.",
+        epilog="batchcompute-operator export --help: BatchComputeAttachments for the Batch "
+               "computes a workspace already has (moving off SDK v1).")
     for flag, env in FLAGS.items():
         parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag,
                             help=f"overrides {env}")
@@ -38,7 +41,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["export"]:
+        from batchcompute_operator import export
+
+        sys.exit(export.main(argv[1:]))
+    args = parse_args(argv)
     for flag, env in FLAGS.items():
         value = getattr(args, flag)
         if value is not None:

@@ -1,5 +1,8 @@
 """Fixtures for the SDK v1 interop tests: an isolated network, azureml-core's interpreter, the
-emulator and an SDK v1 user.
+emulator and an SDK v1 user; and, for the tests that run SDK v1 beside the operator, the test
+bed's control plane and the operator itself, from the integration suite's own fixtures and
+helpers (tests/integration: conftest.py, operator_proc.py), started inside the same network
+namespace.
 
 azureml-core reaches for Azure hosts by itself (cloud metadata, telemetry, whatever its next
 release adds), so these tests run only where no packet can leave loopback: a network namespace
@@ -10,15 +13,27 @@ test fails at once; there is no fallback to the real network.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import ssl
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import kubernetes
 import pytest
+from kubernetes.client import ApiClient
+from kubernetes.client.exceptions import ApiException
+from tests.integration.conftest import (  # the integration suite's fixtures, reused as they are
+    Cluster,
+    controlplane,
+    installed,
+    kube,
+    pytest_runtest_makereport,
+)
 
 from batchcompute_testbed.stack import EmulatorProcess
 
@@ -26,6 +41,15 @@ from .sdkv1 import SdkV1
 
 INTEROP_DIR = Path(__file__).resolve().parent
 REPO_ROOT = INTEROP_DIR.parents[1]
+# operator_proc.py imports waiting.py as a top-level module: the integration suite's directory
+# is on sys.path when pytest runs that suite, and here too.
+sys.path.insert(0, str(REPO_ROOT / "tests" / "integration"))
+from operator_proc import OperatorProcess  # noqa: E402
+
+__all__ = ["controlplane", "installed", "kube", "pytest_runtest_makereport"]
+# The operator acts with a token of its own principal, so the emulator's request log tells its
+# calls from SDK v1's (whose tokens come from the managed-identity endpoint).
+OPERATOR_PRINCIPAL = "batchcompute-operator"
 SUBSCRIPTION = "0b1f6471-1bf0-4dda-aec3-cb9272f09590"
 WORKSPACE = {
     "subscriptionId": SUBSCRIPTION,
@@ -121,6 +145,32 @@ class Emulator:
         entries = self.requests()
         return int(entries[-1]["seq"]) if entries else 0
 
+    # What the integration suite's helpers (tests/integration/operator_proc.py) use.
+
+    @property
+    def ca_file(self) -> str:
+        return str(self.process.info["ca_file"])
+
+    @property
+    def identity_endpoint(self) -> str:
+        return str(self.process.info["identity_endpoint"])
+
+    @property
+    def identity_header(self) -> str:
+        return str(self.process.info["identity_header"])
+
+    def seed(self, data: dict[str, Any]) -> Any:
+        return self.admin("POST", "/seed", json=data)
+
+    def computes(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.admin("GET", "/computes")
+        return result
+
+    def mint_token(self, principal: str, expires_in: float = 7200) -> str:
+        body = self.admin("POST", "/tokens", json={"principal": principal,
+                                                   "expires_in": expires_in})
+        return str(body["access_token"])
+
     def close(self) -> None:
         self._admin.close()
         self.process.stop()
@@ -152,3 +202,59 @@ def sdkv1(sdkv1_python: Path, emulator: Emulator, tmp_path: Path) -> SdkV1:
         resource_group=str(WORKSPACE["resourceGroup"]),
         workspace=str(WORKSPACE["name"]),
     )
+
+
+# -- the operator beside SDK v1 ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def operator_namespace(kube: ApiClient) -> Iterator[str]:
+    """The namespace the module's operator serves; its deletion is requested afterwards."""
+    core = kubernetes.client.CoreV1Api(kube)
+    name = f"interop-{secrets.token_hex(3)}"
+    core.create_namespace({"metadata": {"name": name}})
+    yield name
+    try:
+        core.delete_namespace(name, propagation_policy="Background")
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+@pytest.fixture(scope="module")
+def running_operator(
+    installed: Cluster,
+    emulator: Emulator,
+    operator_namespace: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[OperatorProcess]:
+    """`python -m batchcompute_operator` as its ServiceAccount (deploy/'s RBAC), serving
+    `operator_namespace`, against the module's emulator; one for the whole module."""
+    workdir = tmp_path_factory.mktemp("operator")
+    token_file = workdir / "token"
+    token_file.write_text(emulator.mint_token(OPERATOR_PRINCIPAL))
+    token_file.chmod(0o600)
+    process = OperatorProcess(
+        installed.operator_kubeconfig or installed.kubeconfig,
+        emulator,
+        (operator_namespace,),
+        workdir / "operator.log",
+        env_overrides={"BCO_CREDENTIAL": "static-file", "BCO_STATIC_TOKEN_FILE": str(token_file)},
+    )
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+def operator(
+    running_operator: OperatorProcess, request: pytest.FixtureRequest
+) -> Iterator[OperatorProcess]:
+    """The module's operator; the end of its log is printed when the test fails."""
+    start = len(running_operator.log())
+    yield running_operator
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        print(f"---- operator log during the test ----\n{running_operator.log()[start:][-20000:]}")
