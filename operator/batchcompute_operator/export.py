@@ -31,13 +31,11 @@ import contextlib
 import logging
 import os
 import re
-import ssl
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-import httpx
 import yaml
 
 from batchcompute_operator import GROUP, KIND, VERSION
@@ -64,6 +62,7 @@ from batchcompute_operator.workspace.api import WorkspaceApi
 from batchcompute_operator.workspace.client import ArmClient
 from batchcompute_operator.workspace.errors import ArmError, AuthenticationFailed, UnsafeUrl
 from batchcompute_operator.workspace.pacing import SubscriptionPacer
+from batchcompute_operator.workspace.transport import arm_http
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # a namespace name
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")  # an object name
@@ -250,13 +249,7 @@ def render(options: Options, export: Export) -> str:
 
 async def list_computes(settings: Settings, ws: WorkspaceRef) -> list[ComputeView]:
     """The workspace's computes: one paged LIST, with the operator's client and credentials."""
-    verify: ssl.SSLContext | bool = True
-    if settings.ca_bundle:
-        verify = ssl.create_default_context(cafile=settings.ca_bundle)
-    # The guards of the operator's own client (runtime.build_runtime): no redirects, no proxy
-    # or netrc. Its aiohttp transport saves CPU over thousands of calls; one LIST needs none.
-    http = httpx.AsyncClient(verify=verify, timeout=httpx.Timeout(settings.http_timeout),
-                             follow_redirects=False, trust_env=False)
+    http = arm_http(settings)  # the operator's own client, with the same guards
     tokens = TokenCache(build_credential(settings), settings.arm_audience, key="export")
     try:
         client = ArmClient(settings.arm_endpoint, settings.api_version, tokens,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,7 +26,7 @@ from batchcompute_operator.kube.peering import PeeringGate
 from batchcompute_operator.workspace.api import WorkspaceApi
 from batchcompute_operator.workspace.client import ArmClient, TokenGetter
 from batchcompute_operator.workspace.pacing import SubscriptionPacer
-from batchcompute_operator.workspace.transport import AiohttpTransport
+from batchcompute_operator.workspace.transport import arm_http
 
 
 @dataclass
@@ -100,16 +99,7 @@ def build_runtime(settings: Settings, connect: Connector, *, identity: str,
                   priority: int) -> Runtime:
     if not settings.metrics_port:
         metrics.turn_off()
-    verify: ssl.SSLContext | bool = True
-    if settings.ca_bundle:
-        verify = ssl.create_default_context(cafile=settings.ca_bundle)
-    http = httpx.AsyncClient(
-        transport=AiohttpTransport(verify=verify, limit=settings.max_connections,
-                                   timeout=settings.http_timeout),
-        timeout=httpx.Timeout(settings.http_timeout),
-        follow_redirects=False,  # a redirect could carry the token to another host
-        trust_env=False,  # no proxy or netrc surprises: only the configured ARM host
-    )
+    http = arm_http(settings)
     tokens = TokenCache(build_credential(settings), settings.arm_audience)
     pacer = SubscriptionPacer(settings.buckets, enabled=settings.pacing)
     client = ArmClient(settings.arm_endpoint, settings.api_version, tokens, pacer, http=http,

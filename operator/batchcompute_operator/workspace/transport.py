@@ -14,6 +14,22 @@ import ssl
 import aiohttp
 import httpx
 
+from batchcompute_operator.config import Settings
+
+
+def arm_http(settings: Settings) -> httpx.AsyncClient:
+    """The process's one HTTP client for ARM, with the guards every use of it needs."""
+    verify: ssl.SSLContext | bool = True
+    if settings.ca_bundle:
+        verify = ssl.create_default_context(cafile=settings.ca_bundle)
+    return httpx.AsyncClient(
+        transport=AiohttpTransport(verify=verify, limit=settings.max_connections,
+                                   timeout=settings.http_timeout),
+        timeout=httpx.Timeout(settings.http_timeout),
+        follow_redirects=False,  # a redirect could carry the token to another host
+        trust_env=False,  # no proxy or netrc surprises: only the configured ARM host
+    )
+
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
     def __init__(self, *, verify: ssl.SSLContext | bool, limit: int, timeout: float) -> None:
