@@ -217,6 +217,11 @@ class Emulator:
         result: list[dict[str, Any]] = self._call("GET", "/_admin/computes").json()
         return result
 
+    def operations(self) -> list[dict[str, Any]]:
+        """Every long-running operation, with its action, compute and start/end times."""
+        result: list[dict[str, Any]] = self._call("GET", "/_admin/operations").json()
+        return result
+
     def arm(self, token: str | None = None) -> httpx.Client:
         """An httpx client for the ARM endpoint (caller closes), with a bearer token if given."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -366,3 +371,62 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+# -- the Kubernetes fault proxy --------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def kube_proxy_server(installed: Cluster,
+                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One fault proxy in front of the local kube-apiserver for the whole session."""
+    from batchcompute_testbed.kubeproxy import KubeProxy
+
+    plane = installed.require_local()
+    assert plane.server is not None and plane.ca_file is not None
+    proxy = KubeProxy(plane.server, plane.ca_file, tmp_path_factory.mktemp("kubeproxy"))
+    proxy.start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+@pytest.fixture
+def kube_proxy(kube_proxy_server: Any) -> Iterator[Any]:
+    """The fault proxy with no fault set, and none left set after the test, whatever its
+    outcome."""
+    kube_proxy_server.clear()
+    try:
+        yield kube_proxy_server
+    finally:
+        kube_proxy_server.clear()
+
+
+@pytest.fixture
+def start_operator_via_proxy(kube_proxy: Any, installed: Cluster, emulator: Emulator,
+                             namespace: str, tmp_path: Path,
+                             request: pytest.FixtureRequest) -> Iterator[Any]:
+    """`start_operator`, with the operator's ServiceAccount kubeconfig pointed at the fault
+    proxy: the operator's every request to the API server (kopf's and its own) goes through
+    it, while the tests' admin client talks to the API server directly."""
+    from operator_proc import OperatorProcess
+
+    assert installed.operator_kubeconfig is not None
+    kubeconfig = kube_proxy.kubeconfig(installed.operator_kubeconfig,
+                                       tmp_path / "operator-via-proxy.kubeconfig")
+    started: list[OperatorProcess] = []
+
+    def start(**env: str) -> OperatorProcess:
+        proc = OperatorProcess(kubeconfig, emulator, (namespace,),
+                               tmp_path / f"operator-{len(started)}.log", env_overrides=env)
+        started.append(proc)
+        return proc.start()
+
+    yield start
+    for proc in started:
+        proc.stop()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        for proc in started:
+            print(f"---- {proc.log_file.name} ----\n{proc.log()[-20000:]}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import re
+import time
 from dataclasses import dataclass, field
 
 # Paths the operator writes to, for rules that aim at one kind of request.
@@ -42,6 +43,7 @@ class Rule:
     count: int | None = None  # uses left; None: until removed
     id: int = 0
     hits: int = 0
+    first_hit: float | None = None  # time.monotonic() of the first request it met
     _pattern: re.Pattern[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -67,6 +69,8 @@ class Rule:
 
     def use(self) -> None:
         self.hits += 1
+        if self.first_hit is None:
+            self.first_hit = time.monotonic()
         if self.count is not None:
             self.count -= 1
 
