@@ -167,8 +167,12 @@ class KubeClient:
         body: dict[str, Any] = resp.json()
         return body
 
-    async def post_event(self, namespace: str, event: Mapping[str, Any]) -> None:
-        await self.request("POST", f"/api/v1/namespaces/{namespace}/events", body=dict(event))
+    async def post_event(self, namespace: str, event: Mapping[str, Any]) -> bool:
+        """Create a named event; False when it exists already (an earlier attempt of this
+        very POST was stored, and its answer lost)."""
+        resp = await self.request("POST", f"/api/v1/namespaces/{namespace}/events",
+                                  body=dict(event), ok=frozenset({409}))
+        return resp.status != 409
 
     async def get_json(self, path: str, *, missing_ok: bool = False) -> dict[str, Any] | None:
         resp = await self.request("GET", path, ok=frozenset({404}) if missing_ok else frozenset())

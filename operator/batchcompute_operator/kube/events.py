@@ -1,9 +1,13 @@
 """Kubernetes Events under the operator's own name, posted off the reconcile path.
 
 A slow or failing API server must not hold up attaching: events go into a bounded queue and
-a few posters drain it, retrying what the API server could not take yet. An event that still
-cannot be posted after the client's retries is logged and dropped; events are informative,
-the status is the record.
+a few posters drain it. An event the API server could not take (no answer, 429, 5xx) is
+offered again, backing off, for up to RETRY_FOR seconds; one it refuses for good (403, 404,
+422) is logged and dropped: events are informative, the status is the record.
+
+Each event gets its name when it is queued (the object's name and a nanosecond stamp, as
+client-go's recorder does), so a POST the API server stored but whose answer was lost is
+answered 409 when retried, and counts as posted: posting is retried, never duplicated.
 """
 
 from __future__ import annotations
@@ -11,17 +15,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from batchcompute_operator.kube.client import KubeClient, KubeError
+from batchcompute_operator.kube.client import RETRYABLE, KubeClient, KubeError
 from batchcompute_operator.logs import resource
 
 log = logging.getLogger(__name__)
 
 COMPONENT = "batchcompute-operator"
 MESSAGE_MAX = 1024
+NAME_MAX = 253 - 17  # room for "." and 16 hex digits in an object name
+RETRY_FOR = 600.0  # seconds an event is offered again while the API server cannot take it
+RETRY_DELAY_MAX = 8.0
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,7 @@ class PendingEvent:
     reason: str
     message: str
     at: datetime
+    name: str  # chosen once: a retried POST that was stored before answers 409
 
 
 class EventPoster:
@@ -52,6 +62,8 @@ class EventPoster:
         self._tasks: list[asyncio.Task[None]] = []
         self.posted = 0
         self.dropped = 0
+        self._stamp = 0  # the last nanosecond stamp given to an event name
+        self._failing = False  # posting failed and has not worked since (logged once)
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._run(), name=f"event poster {i}")
@@ -66,7 +78,9 @@ class EventPoster:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def post(self, obj: InvolvedObject, type_: str, reason: str, message: str) -> None:
-        event = PendingEvent(obj, type_, reason, message, datetime.now(UTC))
+        self._stamp = max(time.time_ns(), self._stamp + 1)
+        event = PendingEvent(obj, type_, reason, message, datetime.now(UTC),
+                             f"{obj.name[:NAME_MAX]}.{self._stamp:x}")
         try:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
@@ -78,15 +92,38 @@ class EventPoster:
         while True:
             event = await self._queue.get()
             try:
-                await self._client.post_event(event.obj.namespace, self._body(event))
-                self.posted += 1
-            except KubeError as err:
-                self.dropped += 1
-                log.warning("could not post %s event for %s/%s: %s", event.reason,
-                            event.obj.namespace, event.obj.name, err,
-                            extra=resource(event.obj.namespace, event.obj.name, event.obj.uid))
+                await self._deliver(event)
             finally:
                 self._queue.task_done()
+
+    async def _deliver(self, event: PendingEvent) -> None:
+        body = self._body(event)
+        obj = event.obj
+        delay = 1.0
+        while True:
+            try:
+                await self._client.post_event(obj.namespace, body)
+            except KubeError as err:
+                age = (datetime.now(UTC) - event.at).total_seconds()
+                if (err.status == 0 or err.status in RETRYABLE) and age < RETRY_FOR:
+                    if not self._failing:
+                        self._failing = True
+                        log.warning("could not post %s event for %s/%s (%s); trying again",
+                                    event.reason, obj.namespace, obj.name, err,
+                                    extra=resource(obj.namespace, obj.name, obj.uid))
+                    await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                    delay = min(2 * delay, RETRY_DELAY_MAX)
+                    continue
+                self.dropped += 1
+                log.warning("could not post %s event for %s/%s: %s", event.reason,
+                            obj.namespace, obj.name, err,
+                            extra=resource(obj.namespace, obj.name, obj.uid))
+                return
+            self.posted += 1
+            if self._failing:
+                self._failing = False
+                log.info("posting events works again")
+            return
 
     def _body(self, event: PendingEvent) -> dict[str, Any]:
         stamp = event.at.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -95,7 +132,7 @@ class EventPoster:
         message = event.message if len(event.message) <= MESSAGE_MAX else \
             event.message[:MESSAGE_MAX - 3] + "..."
         return {
-            "metadata": {"generateName": f"{obj.name}.", "namespace": obj.namespace},
+            "metadata": {"name": event.name, "namespace": obj.namespace},
             "involvedObject": {"apiVersion": obj.api_version, "kind": obj.kind,
                                "namespace": obj.namespace, "name": obj.name, "uid": obj.uid},
             "type": event.type,
