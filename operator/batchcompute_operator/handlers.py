@@ -112,6 +112,11 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     settings.scanning.disabled = bool(config.namespaces)
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    # A watch that has carried nothing, not even a bookmark, for a resync interval is opened
+    # again from its last resourceVersion: a stream that stalls with its connection open
+    # would otherwise hide new resources and deletions for kopf's default 70 s.
+    settings.watching.inactivity_timeout = min(settings.watching.inactivity_timeout,
+                                               config.resync_interval)
     settings.watching.chunk_size = 500  # the start-up listing arrives in pages, not at once
     settings.queueing.idle_timeout = 1.0  # per-object workers go soon after their last event
     runtime = build_runtime(config, lambda: connection(settings), identity=identity,
