@@ -105,7 +105,11 @@ def build_runtime(settings: Settings, connect: Connector, *, identity: str,
     client = ArmClient(settings.arm_endpoint, settings.api_version, tokens, pacer, http=http,
                        allow_insecure_http=settings.allow_insecure_http)
     api = WorkspaceApi(client)
-    kube = KubeClient(connect, connections=settings.kube_connections)
+    # A status write that fails is owed and made again at the next poll anyway; the client
+    # backs off no longer than a poll interval, so the write that was failing when the API
+    # server recovered goes through within one.
+    kube = KubeClient(connect, connections=settings.kube_connections,
+                      max_backoff=min(8.0, settings.poll_interval))
     events = EventPoster(kube, identity)
     gate = PeeringGate(kube if settings.peering else None, peering_paths(settings), identity,
                        priority)

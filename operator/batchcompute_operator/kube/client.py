@@ -145,7 +145,9 @@ class KubeClient:
 
     async def _pause(self, attempt: int, retry_after: str | None) -> None:
         self.stats.retries += 1
-        delay = min(self._max_backoff, 0.25 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
+        # Never longer than max_backoff, jitter included: a request the API server could not
+        # answer is tried again at most that long after it can (unless it asked for longer).
+        delay = min(self._max_backoff, 0.25 * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
         if retry_after and retry_after.isdigit():
             delay = max(delay, min(float(retry_after), 30.0))
         await asyncio.sleep(delay)
