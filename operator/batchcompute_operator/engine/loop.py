@@ -42,6 +42,7 @@ from batchcompute_operator.reconcile import (
     decide_failure,
 )
 from batchcompute_operator.spec import AttachmentSpec, WorkspaceRef
+from batchcompute_operator.status import Recorded
 from batchcompute_operator.workspace.client import TokenGetter
 from batchcompute_operator.workspace.errors import ArmError, AuthenticationFailed
 
@@ -65,6 +66,9 @@ class Tracking:
     failures: int = 0
     retry_at: float = 0.0
     owed: bool = False  # a status write failed and must be made again
+    # The status and events of a write that got no good answer: if the API server applied it
+    # all the same (a later record holds exactly that status), its events are still to post.
+    unanswered: tuple[Recorded, tuple[Event, ...]] | None = None
 
 
 @dataclass(frozen=True)
@@ -579,12 +583,11 @@ class WorkspaceLoop:
 
     async def _settle(self, record: Record, decision: Decision) -> str:
         """Write the decision's status (only what changed) and, if written, its events."""
-        written = await self._write(record, decision)
+        written = await self._write(record, decision, events_follow=True)
         if written is None:
             return "error"
         wrote = written is not record
-        if wrote:
-            self._post(written, decision.events)
+        self._post(written, decision.events if wrote else self._landed(written))
         track = self.tracking.get(record.uid)
         if decision.failed and track is not None and track.kind is not None:
             # The operation this process sent has ended (badly): never ask it again.
@@ -602,8 +605,13 @@ class WorkspaceLoop:
             return "requeue_after"
         return "requeue" if written.recorded.operation is not None else "success"
 
-    async def _write(self, record: Record, decision: Decision) -> Record | None:
-        """The record after the write (the same object when nothing needed writing)."""
+    async def _write(self, record: Record, decision: Decision, *,
+                     events_follow: bool = False) -> Record | None:
+        """The record after the write (the same object when nothing needed writing).
+
+        `events_follow`: the caller posts the decision's events only if this writes something;
+        when the write fails they are kept, in case the API server applied it anyway.
+        """
         now = utcnow()
         desired = record.recorded.updated(decision.status, decision.conditions,
                                           record.generation, now)
@@ -617,7 +625,10 @@ class WorkspaceLoop:
         try:
             body = await self.services.kube.patch_status(record.path, record.uid, patch)
         except KubeError as err:
-            self._track(record.uid).owed = True
+            failed = self._track(record.uid)
+            failed.owed = True
+            if events_follow and decision.events:
+                failed.unanswered = (desired, tuple(decision.events))
             log.warning("%s/%s: status not written (%s); trying again next pass",
                         record.namespace, record.name, err, extra=_context(record))
             return None
@@ -628,7 +639,17 @@ class WorkspaceLoop:
                   json.dumps(patch, sort_keys=True), extra=_context(record))
         if track is not None:
             track.owed = False
+            track.unanswered = None
         return self.engine.written(body) or record
+
+    def _landed(self, record: Record) -> tuple[Event, ...]:
+        """The events of an earlier write that seemed to fail, if `record` shows it landed."""
+        track = self.tracking.get(record.uid)
+        if track is None or track.unanswered is None:
+            return ()
+        desired, events = track.unanswered
+        track.unanswered = None
+        return () if record.recorded.patch_to(desired) else events
 
     def _post(self, record: Record, events: Iterable[Event]) -> None:
         """Post each event, and log it: at the default level, these are the lines per resource."""
@@ -643,11 +664,10 @@ class WorkspaceLoop:
                       ) -> None:
         situation = self._situation(record, Observed(None))
         decision = decide_failure(failure, situation, detaching=record.deleting)
-        written = await self._write(record, decision)
+        written = await self._write(record, decision, events_follow=True)
         if written is None:
             return
-        if written is not record:
-            self._post(written, decision.events)
+        self._post(written, decision.events if written is not record else self._landed(written))
         if err is not None:
             self._fail(record.uid, permanent=not err.retryable, retry_after=err.retry_after)
 
