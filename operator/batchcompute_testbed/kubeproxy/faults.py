@@ -12,6 +12,7 @@ import enum
 import re
 import time
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 # Paths the operator writes to, for rules that aim at one kind of request.
 STATUS_PATCH = ("PATCH", r"^/apis/[^/]+/[^/]+/namespaces/[^/]+/[^/]+/[^/]+/status$")
@@ -92,7 +93,16 @@ class Rule:
         return body
 
 
-def server_timeout(operation: str, resource: str, retry_after: int = 1) -> dict[str, object]:
+class Answer(TypedDict):
+    """The fields of a STATUS rule that make its answer look like the API server's own."""
+
+    status: int
+    reason: str
+    retry_after: int
+    message: str
+
+
+def server_timeout(operation: str, resource: str, retry_after: int = 1) -> Answer:
     """Rule fields for the API server's own "try again" answer to a request it could not
     finish in time (500, reason ServerTimeout, with Retry-After)."""
     return {
@@ -102,7 +112,7 @@ def server_timeout(operation: str, resource: str, retry_after: int = 1) -> dict[
     }
 
 
-def too_many_requests(retry_after: int = 1) -> dict[str, object]:
+def too_many_requests(retry_after: int = 1) -> Answer:
     """Rule fields for the API server's answer when its max-in-flight limit is reached."""
     return {"status": 429, "reason": "TooManyRequests", "retry_after": retry_after,
             "message": "Too many requests, please try again later."}
