@@ -20,15 +20,22 @@ class ArmCalls:
         return len(self.entries)
 
     def count(self, method: str | None = None, *, status: int | None = None,
-              subscription: str | None = None) -> int:
+              subscription: str | None = None, target: str | None = None) -> int:
         return sum(1 for e in self.entries
                    if (method is None or e["method"] == method)
+                   and (target is None or e["target"] == target)
                    and (status is None or e["status"] == status)
                    and (subscription is None
                         or str(e["subscription"] or "").lower() == subscription.lower()))
 
     def throttled(self) -> int:
         return sum(1 for e in self.entries if e["status"] == 429 or e["throttled"])
+
+    def most_lists_of_one_workspace(self) -> int:
+        """The most LIST pages any one workspace was asked for (its path names it)."""
+        lists = Counter(e["path"].lower() for e in self.entries
+                        if e["method"] == "GET" and e["target"] == "list")
+        return max(lists.values(), default=0)
 
     def breakdown(self) -> Counter[str]:
         return Counter(f"{e['method']} {e['target']} {e['status']}" for e in self.entries)

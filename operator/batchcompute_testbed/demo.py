@@ -125,7 +125,7 @@ def show_compute(emulator: EmulatorProcess, compute: str) -> None:
     token = emulator.admin("POST", "tokens", json={"expires_in": 300})["access_token"]
     path = (f"/subscriptions/{SUBSCRIPTION}/resourceGroups/ml-rg/providers/"
             f"Microsoft.MachineLearningServices/workspaces/ml-ws/computes/{compute}")
-    with httpx.Client(verify=str(emulator.info["ca_file"]), timeout=30) as http:
+    with httpx.Client(verify=emulator.tls(), timeout=30) as http:
         resp = http.get(f"{emulator.arm_url}{path}", params={"api-version": "2020-02-02"},
                         headers={"Authorization": f"Bearer {token}"})
     print("    GET " + path)

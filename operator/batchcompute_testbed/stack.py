@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -103,8 +104,12 @@ class EmulatorProcess:
     def arm_url(self) -> str:
         return str(self.info["arm_url"])
 
+    def tls(self) -> ssl.SSLContext:
+        """A client context that trusts the emulator's CA (and nothing else)."""
+        return ssl.create_default_context(cafile=str(self.info["ca_file"]))
+
     def admin(self, method: str, path: str, **kwargs: Any) -> Any:
-        with httpx.Client(verify=str(self.info["ca_file"]), timeout=30) as http:
+        with httpx.Client(verify=self.tls(), timeout=30) as http:
             resp = http.request(method, f"{self.arm_url}/_admin/{path}", **kwargs)
             resp.raise_for_status()
             return resp.json() if resp.content else None
