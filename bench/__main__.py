@@ -216,7 +216,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="also attach N with metrics off, for the CPU the metrics cost")
     p.add_argument("--attach-only", action="store_true", help="only the attach burst at N")
     p.add_argument("--keep", type=Path, default=None,
-                   help="keep the operator and emulator logs in this directory")
+                   help="keep the operator, emulator and control-plane logs (with the audit log) here")
     args = p.parse_args(argv)
     if args.n < 1 or args.repeat < 1:
         p.error("--n and --repeat must be at least 1")

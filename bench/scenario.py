@@ -174,7 +174,9 @@ def run(args: argparse.Namespace, work: Path, n: int | None = None,
         if progress is not None:
             progress(results)
 
-    with ControlPlane(audit_log=True) as plane:
+    kept = {"run_dir": work / "controlplane", "keep_run_dir": True} \
+        if getattr(args, "keep", None) is not None else {}
+    with ControlPlane(audit_log=True, **kept) as plane:  # type: ignore[arg-type]
         kubeconfig = plane.kubeconfig_admin
         assert plane.audit_log_path is not None
         admin = Admin(kubeconfig)

@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 COALESCE = 0.1  # seconds a wake-up waits for more of a burst of creations to arrive
 MIN_GAP = 0.1  # seconds between the starts of two passes, whatever wakes the loop
+FINALIZER_WAIT = 1.0  # seconds a new object's acknowledgement waits for kopf's finalizer at most
 KIND = "BatchComputeAttachment"
 
 
@@ -92,6 +93,7 @@ class WorkspaceLoop:
         self.key = key
         self.workspace = workspace
         self.members: set[str] = set()
+        self._joined: dict[str, float] = {}  # when each member was first seen
         self.fresh: set[str] = set()  # to look at in the next pass (new, changed, deleting)
         self.tracking: dict[str, Tracking] = {}
         self.snapshot: Snapshot | None = None
@@ -124,11 +126,13 @@ class WorkspaceLoop:
 
     def add(self, uid: str, *, wake: bool) -> None:
         self.members.add(uid)
+        self._joined.setdefault(uid, self.services.clock())
         if wake:
             self.wake(uid)
 
     def remove(self, uid: str) -> None:
         self.members.discard(uid)
+        self._joined.pop(uid, None)
         self.fresh.discard(uid)
         track = self.tracking.pop(uid, None)
         if track is not None and track.kind is not None:
@@ -198,18 +202,22 @@ class WorkspaceLoop:
         # interval after the last one began, however the writes in between were spread.
         listed = self.snapshot.started if self.snapshot is not None else float("-inf")
         due = self.last_full + self.settings.resync_interval
-        if any(uid not in self._busy and uid not in self._queued for uid in self.fresh):
+        records = self.engine.records
+        # (a new generation's first look waits for its acknowledgement, scheduled below)
+        if any(uid not in self._busy and uid not in self._queued
+               and ((r := records.get(uid)) is None or r.deleting or r.acknowledged)
+               for uid in self.fresh):
             due = now
         ack = float("inf")
         unseen: list[float] = []  # writes no LIST has been made after yet
-        records = self.engine.records
         for uid in self.members:
             record = records.get(uid)
             if record is None:
                 continue
             track = self.tracking.get(uid)
             if not record.deleting and not record.acknowledged and uid not in self._busy:
-                ack = min(ack, poll if track is not None and track.owed else now)
+                ack = min(ack, poll if track is not None and track.owed else
+                          self._ack_due(record, now))
                 continue
             if record.deleting and not self.engine.is_released(uid):
                 due = min(due, max(poll, listed + poll_s))
@@ -232,6 +240,18 @@ class WorkspaceLoop:
             window = unseen[0] + poll_s / 2
             due = min(due, max(t for t in unseen if t <= window) + poll_s)
         return min(ack, max(due, self.list_retry_at))
+
+    def _ack_due(self, record: Record, now: float) -> float:
+        """When a new generation may be acknowledged: once kopf's finalizer is on the object.
+
+        kopf adds its finalizer with a JSON patch that tests the resourceVersion; a status
+        write landing first makes it fail (422) and be made again. Waiting for the finalizer
+        (one watch event, milliseconds) spares both; FINALIZER_WAIT bounds the wait when
+        the finalizer is slow to come.
+        """
+        if record.finalized:
+            return now
+        return self._joined.get(record.uid, now) + FINALIZER_WAIT
 
     def _look_due(self, record: Record, now: float) -> bool:
         """Whether this pass should decide for `record` (a resync pass decides for all)."""
@@ -256,7 +276,7 @@ class WorkspaceLoop:
         members = [r for uid in list(self.members) if (r := records.get(uid)) is not None]
         # 1. New generations are acknowledged before anything is asked of ARM.
         unacked = [r for r in members if not r.deleting and not r.acknowledged
-                   and r.uid not in self._busy]
+                   and r.uid not in self._busy and self._ack_due(r, now) <= now]
         if unacked:
             await self._each(unacked, self._acknowledge)
             members = [r for uid in list(self.members) if (r := records.get(uid)) is not None]
