@@ -37,6 +37,7 @@ NAMESPACE = "bench"
 LOCATION = "westeurope"
 LATENCY_S = 0.05
 OPERATION_S = 2.0
+TAIL_S = OPERATION_S + 2 * LATENCY_S  # the last attach: its PUT, its operation, the poll
 PAGE_SIZE = 100
 POLL_INTERVAL_S = 1.0  # the operator's BCO_POLL_INTERVAL in every run
 EMULATOR_ARGS = ("--latency-ms", str(int(LATENCY_S * 1000)), "--operation-seconds",
@@ -94,8 +95,8 @@ class Layout:
     def lower_bound(self, n: int, bucket: int, refill: float) -> float:
         """The throttle's floor: a subscription's writes beyond its bucket at the refill rate,
         plus one long-running operation and its round trips."""
-        tail = OPERATION_S + 2 * LATENCY_S
-        return max(max(0, k - bucket) / refill for k in self.per_subscription(n).values()) + tail
+        return max(max(0, k - bucket) / refill
+                   for k in self.per_subscription(n).values()) + TAIL_S
 
 
 SMALL = Layout(2, 10)
@@ -226,13 +227,18 @@ def run(args: argparse.Namespace, work: Path, n: int | None = None,
             cpu_attach = cpu_seconds(proc.pid) - cpu_start
             time.sleep(2)  # let the last events be posted before counting writes
             attach_calls, attach_writes = arm.take(), audit.take()
-            bound = layout.lower_bound(n, WRITE_BUCKET, WRITE_REFILL)
+            # Nothing can be attached before it exists: the floor is the throttle's or the
+            # last creation plus one operation, whichever is later (both are reported).
+            throttle_bound = layout.lower_bound(n, WRITE_BUCKET, WRITE_REFILL)
+            bound = max(throttle_bound, results["create_seconds"] + TAIL_S)
             first_status = [watcher.first_status_at[k] - watcher.created_at[k]
                             for k in names if k in watcher.first_status_at]
             results.update({
                 "seconds": seconds,
                 "lower_bound_seconds": bound,
+                "throttle_bound_seconds": throttle_bound,
                 "ratio": seconds / bound,
+                "ratio_throttle": seconds / throttle_bound,
                 "arm_writes_per_attach": attach_calls.count("PUT") / n,
                 "arm_reads_per_attach": attach_calls.count("GET") / n,
                 "arm_workspace_reads_attach": attach_calls.count("GET", target="workspace"),
