@@ -237,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             one_run(args, sink, label, *a, **kw)
         except Exception as exc:  # the other runs still go ahead; the failure is recorded
             failures.append(f"{label}: {exc}")
-            sink.data["runs"].setdefault(label, {})["error"] = str(exc)  # type: ignore[assignment]
+            sink.data["runs"].setdefault(label, {})["error"] = str(exc)
             sink.write()
             log(f"run {label} failed: {exc}")
 

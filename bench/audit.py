@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -44,4 +45,20 @@ class AuditCursor:
             if ref.get("subresource"):
                 resource += "/" + ref["subresource"]
             writes[f"{event['verb']} {resource}"] += 1
+        return writes
+
+    def take_settled(self, quiet: float = 2.0, limit: float = 30.0) -> Counter[str]:
+        """`take()`, once the writes have stopped for `quiet` seconds (at most `limit`).
+
+        Events are posted off the reconcile path and may trail the last status write by
+        seconds under load; counting them at once would under-count.
+        """
+        writes = self.take()
+        started = last = time.monotonic()
+        while time.monotonic() - last < quiet and time.monotonic() - started < limit:
+            time.sleep(0.25)
+            more = self.take()
+            if more:
+                writes += more
+                last = time.monotonic()
         return writes
