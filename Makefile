@@ -48,16 +48,8 @@ test: venv controlplane test-pythons ## unit tests on every Python, SDK v1 inter
 	$(BIN)/python hack/e2e/rehearse.py
 
 .PHONY: test-pythons
-test-pythons: venv ## the unit suite on each of PYTHON_VERSIONS (.venv serves its own; others: .venv/pythons/3.X)
-	@own=$$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
-	for v in $(PYTHON_VERSIONS); do \
-	  if [ "$$v" = "$$own" ]; then env=$(VENV); else \
-	    env=$(VENV)/pythons/$$v; python=$$(bash hack/find-python.sh $$v) && bash hack/venv.sh $$python $$env || exit 1; \
-	  fi; \
-	  echo "== unit suite on Python $$v ($$env)"; start=$$SECONDS; \
-	  $$env/bin/pytest tests/unit -q -p no:cacheprovider $(PYTEST_ARGS) || exit 1; \
-	  echo "== Python $$v: $$((SECONDS - start)) s"; \
-	done
+test-pythons: venv ## the unit suite on each of PYTHON_VERSIONS, two at a time (.venv serves its own; others: .venv/pythons/3.X)
+	@bash hack/test-pythons.sh $(VENV) "$(PYTHON_VERSIONS)" $(PYTEST_ARGS)
 
 .PHONY: test-interop
 test-interop: venv controlplane ## Azure ML SDK v1 (its own cached venv) against the emulator and the running operator, network-isolated

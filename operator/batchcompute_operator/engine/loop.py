@@ -104,7 +104,6 @@ class WorkspaceLoop:
         self.pass_started: float | None = None
         self._last_said = ""  # the last failure logged, so a repeated one is not logged again
         self._refreshing: asyncio.Task[Snapshot] | None = None
-        self._snapshot_expires: float | None = None  # when an idle workspace's snapshot goes
         self._refresh_began = float("-inf")
         self._wake = asyncio.Event()
         self._queue: deque[str] = deque()
@@ -240,8 +239,6 @@ class WorkspaceLoop:
             unseen.sort()
             window = unseen[0] + poll_s / 2
             due = min(due, max(t for t in unseen if t <= window) + poll_s)
-        if self.snapshot is not None and self._snapshot_expires is not None:
-            due = min(due, self._snapshot_expires)  # a pass that lets it go
         return min(ack, max(due, self.list_retry_at))
 
     def _ack_due(self, record: Record, now: float) -> float:
@@ -275,9 +272,6 @@ class WorkspaceLoop:
     async def _pass(self) -> None:
         clock = self.services.clock
         now = self.last_pass = clock()
-        if self._snapshot_expires is not None and now >= self._snapshot_expires:
-            self._snapshot_expires = None
-            self._let_go()
         records = self.engine.records
         members = [r for uid in list(self.members) if (r := records.get(uid)) is not None]
         # 1. New generations are acknowledged before anything is asked of ARM.
@@ -394,21 +388,8 @@ class WorkspaceLoop:
                 metrics.reconcile_total.labels(metrics.CONTROLLER, result).inc()
                 if result == "error":
                     metrics.reconcile_errors.labels(metrics.CONTROLLER).inc()
-        self._let_go()
-
-    def _let_go(self) -> None:
-        """Drop the snapshot of an idle workspace once it is too old for a first look.
-
-        Until then it serves resources that arrive one by one (a restart's listing, a slow
-        `kubectl apply`) without a LIST each; after, nothing needs it before the next resync.
-        """
-        snap = self.snapshot
-        if snap is None or self._queue or self._busy or not self._idle():
-            return
-        if self.services.clock() - snap.started > self.settings.observe_max_age:
-            self.snapshot = None
-        else:
-            self._snapshot_expires = snap.started + self.settings.observe_max_age
+        if self.snapshot is not None and not self._queue and not self._busy and self._idle():
+            self.snapshot = None  # nothing to decide before the next resync: let it go
 
     def _idle(self) -> bool:
         """Nothing in flight, owed, retrying, new or being deleted among the members."""
