@@ -34,23 +34,20 @@ run() {  # version env
 }
 
 failed=0
-pids=()
-names=()
+declare -A running=()  # pid -> version
+finish_one() {  # wait for whichever suite ends first and print its log
+  local pid status=0
+  wait -n -p pid "${!running[@]}" || status=$?
+  [ "$status" -eq 0 ] || failed=1
+  cat "$logs/${running[$pid]}.out"
+  unset "running[$pid]"
+}
 for pair in "${envs[@]}"; do
-  v=${pair%%=*}
-  env=${pair#*=}
-  if [ ${#pids[@]} -ge 2 ]; then  # two cores: at most two suites at once
-    wait "${pids[0]}" || failed=1
-    cat "$logs/${names[0]}.out"
-    pids=("${pids[@]:1}")
-    names=("${names[@]:1}")
-  fi
-  run "$v" "$env" "$@" &
-  pids+=($!)
-  names+=("$v")
+  [ ${#running[@]} -lt 2 ] || finish_one  # two cores: at most two suites at once
+  run "${pair%%=*}" "${pair#*=}" "$@" &
+  running[$!]=${pair%%=*}
 done
-for i in "${!pids[@]}"; do
-  wait "${pids[$i]}" || failed=1
-  cat "$logs/${names[$i]}.out"
+while [ ${#running[@]} -gt 0 ]; do
+  finish_one
 done
 exit $failed
