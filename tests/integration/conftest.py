@@ -345,25 +345,16 @@ def start_operator(installed: Cluster, emulator: Emulator, namespace: str,
     The operator authenticates as its ServiceAccount, bound by deploy/'s RBAC, so a missing
     permission fails here. Its log is printed when the test fails.
     """
-    from operator_proc import OperatorProcess
+    from operator_proc import OperatorProcess, Operators, failed
 
-    started: list[OperatorProcess] = []
-    kubeconfig = installed.operator_kubeconfig or installed.kubeconfig
+    operators = Operators(installed.operator_kubeconfig or installed.kubeconfig, emulator,
+                          tmp_path)
 
     def start(*, verbose: bool = True, **env: str) -> OperatorProcess:
-        proc = OperatorProcess(kubeconfig, emulator, (namespace,),
-                               tmp_path / f"operator-{len(started)}.log", env_overrides=env,
-                               verbose=verbose)
-        started.append(proc)
-        return proc.start()
+        return operators.start((namespace,), verbose=verbose, **env)
 
     yield start
-    for proc in started:
-        proc.stop()
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        for proc in started:
-            print(f"---- {proc.log_file.name} ----\n{proc.log()[-20000:]}")
+    operators.finish(failed(request))
 
 
 @pytest.hookimpl(wrapper=True)
@@ -410,23 +401,15 @@ def start_operator_via_proxy(kube_proxy: Any, installed: Cluster, emulator: Emul
     """`start_operator`, with the operator's ServiceAccount kubeconfig pointed at the fault
     proxy: the operator's every request to the API server (kopf's and its own) goes through
     it, while the tests' admin client talks to the API server directly."""
-    from operator_proc import OperatorProcess
+    from operator_proc import OperatorProcess, Operators, failed
 
     assert installed.operator_kubeconfig is not None
     kubeconfig = kube_proxy.kubeconfig(installed.operator_kubeconfig,
                                        tmp_path / "operator-via-proxy.kubeconfig")
-    started: list[OperatorProcess] = []
+    operators = Operators(kubeconfig, emulator, tmp_path)
 
     def start(**env: str) -> OperatorProcess:
-        proc = OperatorProcess(kubeconfig, emulator, (namespace,),
-                               tmp_path / f"operator-{len(started)}.log", env_overrides=env)
-        started.append(proc)
-        return proc.start()
+        return operators.start((namespace,), **env)
 
     yield start
-    for proc in started:
-        proc.stop()
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        for proc in started:
-            print(f"---- {proc.log_file.name} ----\n{proc.log()[-20000:]}")
+    operators.finish(failed(request))

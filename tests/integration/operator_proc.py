@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,6 +128,37 @@ class OperatorProcess:
 
     def log(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+
+def failed(request: Any) -> bool:
+    """Whether the test's call phase failed (conftest's report hook keeps it on the node)."""
+    report = getattr(request.node, "rep_call", None)
+    return report is not None and bool(report.failed)
+
+
+class Operators:
+    """The operator processes one test starts: stopped at its end, logs printed if it failed."""
+
+    def __init__(self, kubeconfig: Path, emulator: Any, log_dir: Path) -> None:
+        self.kubeconfig = kubeconfig
+        self.emulator = emulator
+        self.log_dir = log_dir
+        self.started: list[OperatorProcess] = []
+
+    def start(self, namespaces: Sequence[str], *, verbose: bool = True,
+              **env: str) -> OperatorProcess:
+        proc = OperatorProcess(self.kubeconfig, self.emulator, tuple(namespaces),
+                               self.log_dir / f"operator-{len(self.started)}.log",
+                               env_overrides=env, verbose=verbose)
+        self.started.append(proc)
+        return proc.start()
+
+    def finish(self, failed: bool) -> None:
+        for proc in self.started:
+            proc.stop()
+        if failed:
+            for proc in self.started:
+                print(f"---- {proc.log_file.name} ----\n{proc.log()[-20000:]}")
 
 
 class Attachments:

@@ -25,7 +25,7 @@ import pytest
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 from observing import brief, conditions, kubectl_get_bca, last_seq, writes_to
-from operator_proc import Attachments, OperatorProcess, Workspace
+from operator_proc import Attachments, OperatorProcess, Operators, Workspace, failed
 from waiting import wait_for
 
 from batchcompute_operator.spec import SpecError, parse_spec
@@ -75,22 +75,14 @@ def operator_for(installed: Any, emulator: Any, tmp_path: Path,
                  request: pytest.FixtureRequest) -> Iterator[Callable[..., OperatorProcess]]:
     """One operator process watching the namespaces given (the `start_operator` fixture
     watches only the test's own namespace)."""
-    started: list[OperatorProcess] = []
-    kubeconfig = installed.operator_kubeconfig or installed.kubeconfig
+    operators = Operators(installed.operator_kubeconfig or installed.kubeconfig, emulator,
+                          tmp_path)
 
     def start(namespaces: list[str], **env: str) -> OperatorProcess:
-        proc = OperatorProcess(kubeconfig, emulator, tuple(namespaces),
-                               tmp_path / f"operator-{len(started)}.log", env_overrides=env)
-        started.append(proc)
-        return proc.start()
+        return operators.start(namespaces, **env)
 
     yield start
-    for proc in started:
-        proc.stop()
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        for proc in started:
-            print(f"---- {proc.log_file.name} ----\n{proc.log()[-20000:]}")
+    operators.finish(failed(request))
 
 
 def lists_of(emulator: Any, since: int, ws: Workspace) -> list[dict[str, Any]]:
