@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Collection, Iterable
 from typing import Any
 
@@ -56,9 +57,20 @@ def _runtime(memo: Any) -> Runtime:
     return runtime
 
 
+# The kubernetes client's kubeconfig loader is not thread-safe: it publishes the temporary
+# file for an embedded CA before writing it, so a second loader running at the same moment
+# can read it empty ("no certificate or crl found") and kopf's login waits 60 s to retry.
+_LOADING = threading.Lock()
+
+
+def _login_via_client(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    with _LOADING:
+        return kopf.login_via_client(**kwargs)
+
+
 async def connection(settings: kopf.OperatorSettings | None = None) -> Connection:
     """The API server and credentials, resolved the way kopf resolves its own."""
-    info = await asyncio.to_thread(kopf.login_via_client, logger=log,
+    info = await asyncio.to_thread(_login_via_client, logger=log,
                                    settings=settings or kopf.OperatorSettings())
     if info is None:
         raise kopf.LoginError("no Kubernetes credentials found (in-cluster or kubeconfig)")
@@ -74,7 +86,7 @@ async def login(memo: Any, **kwargs: Any) -> kopf.AiohttpSession | None:
     in flight, and each costs memory long after the burst. A bounded pool queues them.
     """
     settings, _, _ = _launch(memo)
-    info = await asyncio.to_thread(kopf.login_via_client, **kwargs)
+    info = await asyncio.to_thread(_login_via_client, **kwargs)
     if info is None:
         return None
     session = aiohttp.ClientSession(
