@@ -16,6 +16,7 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
+from prometheus_client.metrics import MetricWrapperBase
 
 CONTROLLER = "batchcomputeattachment"
 # No `*_created` series: controller-runtime exports none, and they would double the series of
@@ -96,14 +97,10 @@ class _Off:
     dec = set = observe = inc
 
 
-_METRICS = ("reconcile_total", "reconcile_errors", "reconcile_time", "active_workers",
-            "max_concurrent", "arm_responses", "arm_failures", "arm_time", "pacing_tokens",
-            "pacing_wait", "list_pages", "operations_in_flight", "drift_repairs",
-            "workspace_loops", "kube_requests")
-
-
 def turn_off() -> None:
     """BCO_METRICS_PORT=0: nothing serves the metrics, so nothing keeps them either."""
     off = _Off()
-    for name in _METRICS:
-        globals()[name] = off
+    module = globals()
+    for name, value in list(module.items()):
+        if isinstance(value, MetricWrapperBase):
+            module[name] = off

@@ -607,7 +607,7 @@ class WorkspaceLoop:
         if written is None:
             return "error"
         wrote = written is not record
-        self._post(written, decision.events if wrote else self._landed(written))
+        self._post_written(record, written, decision)
         track = self.tracking.get(record.uid)
         if decision.failed and track is not None and track.kind is not None:
             # The operation this process sent has ended (badly): never ask it again.
@@ -662,6 +662,11 @@ class WorkspaceLoop:
             track.unanswered = None
         return self.engine.written(body) or record
 
+    def _post_written(self, record: Record, written: Record, decision: Decision) -> None:
+        """After `_write(..., events_follow=True)`: the decision's events if it wrote the
+        status, else those of an earlier write that seemed to fail but landed."""
+        self._post(written, decision.events if written is not record else self._landed(written))
+
     def _landed(self, record: Record) -> tuple[Event, ...]:
         """The events of an earlier write that seemed to fail, if `record` shows it landed."""
         track = self.tracking.get(record.uid)
@@ -687,7 +692,7 @@ class WorkspaceLoop:
         written = await self._write(record, decision, events_follow=True)
         if written is None:
             return
-        self._post(written, decision.events if written is not record else self._landed(written))
+        self._post_written(record, written, decision)
         if err is not None:
             self._fail(record.uid, permanent=not err.retryable, retry_after=err.retry_after)
 
