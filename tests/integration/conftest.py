@@ -159,6 +159,10 @@ def namespace(kube: ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
 # -- ARM emulator -----------------------------------------------------------------------------
 
 
+# The emulator's settings as the `emulator` fixture starts it (see its command line).
+SESSION_CONFIG = {"operation_seconds": 1, "retry_after_seconds": 1, "throttle": None}
+
+
 @dataclass
 class Emulator:
     """A running ARM emulator, with helpers for its admin API."""
@@ -208,6 +212,12 @@ class Emulator:
 
     def set_config(self, config: dict[str, Any]) -> Any:
         return self._call("POST", "/_admin/config", json=config).json()
+
+    def restore(self) -> None:
+        """Faults, settings and the identity endpoint back to how the session started them."""
+        self.clear_faults()
+        self.set_config(SESSION_CONFIG)
+        self._call("POST", "/_admin/identity", json={"fail": False})
 
     def mint_token(self, expires_in: float = 3600) -> str:
         body = self._call("POST", "/_admin/tokens", json={"expires_in": expires_in}).json()
@@ -328,6 +338,16 @@ def workspace(emulator: Emulator) -> Any:
     from operator_proc import Workspace
 
     return Workspace.fresh(emulator)
+
+
+@pytest.fixture
+def restore_emulator(emulator: Emulator) -> Iterator[None]:
+    """For modules that change the shared emulator: `Emulator.restore()` after each test,
+    whatever its outcome (`pytestmark = pytest.mark.usefixtures("restore_emulator")`)."""
+    try:
+        yield
+    finally:
+        emulator.restore()
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -23,21 +22,10 @@ from observing import brief, conditions, kubectl_get_bca, last_seq, writes_to
 from operator_proc import REPO_ROOT, Attachments, OperatorProcess, Workspace, free_port
 from waiting import wait_for
 
-OPERATION_SECONDS = 1  # the session's default
+pytestmark = pytest.mark.usefixtures("restore_emulator")  # it changes the shared emulator
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def restore_emulator(emulator: Any) -> Iterator[None]:
-    """Faults, settings and the identity endpoint back to the session defaults, always."""
-    try:
-        yield
-    finally:
-        emulator.clear_faults()
-        emulator.set_config({"operation_seconds": OPERATION_SECONDS, "retry_after_seconds": 1})
-        emulator._call("POST", "/_admin/identity", json={"fail": False})
 
 
 def compute_regex(ws: Workspace, name: str) -> str:

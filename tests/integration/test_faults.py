@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,18 +34,10 @@ RETRY_AFTER = 2  # seconds, on injected 429s: longer than the client's first two
 THROTTLE_WAIT = 45  # the client retries a throttled call 6 times, backing off up to ~24 s
 
 
+pytestmark = pytest.mark.usefixtures("restore_emulator")  # it changes the shared emulator
+
+
 # -- helpers ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def restore_emulator(emulator: Any) -> Iterator[None]:
-    """Faults, settings and the identity endpoint back to the session defaults, always."""
-    try:
-        yield
-    finally:
-        emulator.clear_faults()
-        emulator.set_config({"operation_seconds": 1, "retry_after_seconds": 1})
-        set_identity(emulator, fail=False)
 
 
 def set_identity(emulator: Any, **body: Any) -> Any:

@@ -20,7 +20,6 @@ import json
 import re
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,14 +60,7 @@ POD_ID = "batchcompute-operator-6c9f8d7b5-x7k2q"
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 
 
-@pytest.fixture(autouse=True)
-def restore_emulator(emulator: Any) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        emulator.clear_faults()
-        emulator.set_config({"operation_seconds": 1, "retry_after_seconds": 1,
-                             "throttle": None})
+pytestmark = pytest.mark.usefixtures("restore_emulator")  # it changes the shared emulator
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -37,14 +37,7 @@ OWNER_UID_TAG = "batchcompute-operator.owner-uid"
 # -- helpers ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def restore_emulator(emulator: Any) -> Iterator[None]:
-    """The shared emulator's settings back to the session defaults, whatever the outcome."""
-    try:
-        yield
-    finally:
-        emulator.clear_faults()
-        emulator.set_config({"operation_seconds": 1})
+pytestmark = pytest.mark.usefixtures("restore_emulator")  # it changes the shared emulator
 
 
 @pytest.fixture
