@@ -175,9 +175,9 @@ def run(args: argparse.Namespace, work: Path, n: int | None = None,
         if progress is not None:
             progress(results)
 
-    kept = {"run_dir": work / "controlplane", "keep_run_dir": True} \
-        if getattr(args, "keep", None) is not None else {}
-    with ControlPlane(audit_log=True, **kept) as plane:  # type: ignore[arg-type]
+    keep = getattr(args, "keep", None) is not None  # --keep: the control plane's logs too
+    with ControlPlane(audit_log=True, run_dir=work / "controlplane" if keep else None,
+                      keep_run_dir=keep) as plane:
         kubeconfig = plane.kubeconfig_admin
         assert plane.audit_log_path is not None
         admin = Admin(kubeconfig)

@@ -3,7 +3,7 @@
 #   hack/test-pythons.sh VENV "3.11 3.12 3.13" [pytest args...]
 # VENV serves its own Python; any other version gets VENV/pythons/3.X from hack/venv.sh.
 # The virtualenvs are made one after another (they download), the suites then run side by
-# side, each with its own log, printed whole when it ends; the exit code is the first failure's.
+# side, each with its own log, printed whole when it ends; exit 1 if any of them failed.
 set -euo pipefail
 
 venv=${1:?usage: hack/test-pythons.sh VENV "VERSIONS" [pytest args...]}

@@ -80,8 +80,10 @@ class EmulatorProcess:
     seed: Mapping[str, Any] | None = None
     proc: subprocess.Popen[bytes] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    _tls: ssl.SSLContext | None = field(default=None, init=False, repr=False)
 
     def start(self) -> EmulatorProcess:
+        self._tls = None  # its CA is read again from what this start reports
         self.workdir.mkdir(parents=True, exist_ok=True)
         ready = self.workdir / "emulator.json"
         argv = [sys.executable, "-m", "batchcompute_testbed.emulator", "--port", "0",
@@ -105,8 +107,10 @@ class EmulatorProcess:
         return str(self.info["arm_url"])
 
     def tls(self) -> ssl.SSLContext:
-        """A client context that trusts the emulator's CA (and nothing else)."""
-        return ssl.create_default_context(cafile=str(self.info["ca_file"]))
+        """A client context that trusts the emulator's CA (and nothing else), made once."""
+        if self._tls is None:
+            self._tls = ssl.create_default_context(cafile=str(self.info["ca_file"]))
+        return self._tls
 
     def admin(self, method: str, path: str, **kwargs: Any) -> Any:
         with httpx.Client(verify=self.tls(), timeout=30) as http:
