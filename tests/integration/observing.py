@@ -16,18 +16,23 @@ def last_seq(emulator: Any) -> int:
     return int(entries[-1]["seq"]) if entries else 0
 
 
+def writes_in(calls: list[dict[str, Any]], ws: Workspace, name: str,
+              method: str) -> list[dict[str, Any]]:
+    """`method` (PUT, DELETE) requests among `calls` that named this compute, in order."""
+    path = ws.compute_path(name).lower()
+    return [c for c in calls if c["method"] == method and c["path"].lower() == path]
+
+
 def writes_to(emulator: Any, since: int, ws: Workspace, name: str,
               method: str = "PUT") -> list[dict[str, Any]]:
     """PUT (or `method`) requests that named this compute since `since`, in order."""
-    path = ws.compute_path(name).lower()
-    return [c for c in emulator.requests(since)
-            if c["method"] == method and c["path"].lower() == path]
+    return writes_in(emulator.requests(since), ws, name, method)
 
 
 def brief(entries: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     """The request log in a form short enough for an assertion message."""
-    return [(c["seq"], c["method"], c["status"], c["fault"], c["path"].rsplit("/", 1)[-1])
-            for c in entries]
+    return [(c["seq"], c["method"], c["target"], c["status"], c["fault"],
+             c["path"].rsplit("/", 1)[-1]) for c in entries]
 
 
 def conditions(obj: dict[str, Any] | None) -> dict[str, dict[str, Any]]:

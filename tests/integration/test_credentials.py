@@ -13,13 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from observing import last_seq
 from operator_proc import Attachments, Workspace, free_port
 from waiting import wait_for
-
-
-def last_seq(emulator: Any) -> int:
-    entries = emulator.requests()
-    return int(entries[-1]["seq"]) if entries else 0
 
 
 def token_requests(emulator: Any, since: int) -> list[dict[str, Any]]:

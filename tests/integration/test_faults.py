@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from observing import brief, last_seq, writes_in
 from operator_proc import Attachments, Workspace
 from waiting import wait_for
 
@@ -44,13 +45,6 @@ def set_identity(emulator: Any, **body: Any) -> Any:
     return emulator._call("POST", "/_admin/identity", json=body).json()
 
 
-def last_seq(emulator: Any) -> int:
-    entries = emulator.requests()
-    return int(entries[-1]["seq"]) if entries else 0
-
-
-
-
 def compute_regex(ws: Workspace, name: str) -> str:
     return f"/workspaces/{re.escape(ws.name)}/computes/{re.escape(name)}$"
 
@@ -63,20 +57,8 @@ def workspace_regex(ws: Workspace) -> str:
     return f"/workspaces/{re.escape(ws.name)}$"
 
 
-def writes_to(calls: list[dict[str, Any]], ws: Workspace, name: str,
-              method: str) -> list[dict[str, Any]]:
-    """PUT or DELETE requests that named this compute, in order."""
-    path = ws.compute_path(name).lower()
-    return [c for c in calls if c["method"] == method and c["path"].lower() == path]
-
-
 def effective(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [c for c in entries if c["status"] in EFFECTIVE and c["fault"] != "status"]
-
-
-def brief(entries: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-    """The request log in a form short enough for an assertion message."""
-    return [(c["seq"], c["method"], c["target"], c["status"], c["fault"]) for c in entries]
 
 
 def assert_one_effective(entries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -158,8 +140,8 @@ def test_throttled_attach_waits_retry_after_reports_throttled_and_converges(
     throttled = [c for c in calls if c["status"] == 429]
     assert len(throttled) >= 2, brief(calls)
     assert assert_waited_retry_after(calls, RETRY_AFTER) >= 1
-    assert_one_effective(writes_to(calls, workspace, "throttled", "PUT"))
-    assert writes_to(calls, workspace, "throttled", "DELETE") == []
+    assert_one_effective(writes_in(calls, workspace, "throttled", "PUT"))
+    assert writes_in(calls, workspace, "throttled", "DELETE") == []
     assert "throttled" in workspace.computes(emulator)
     print(f"{step}: {len(throttled)} answers 429 before Throttled was reported; "
           f"Reconciling={attachments.condition('throttled', 'Reconciling')}")
@@ -182,8 +164,8 @@ def test_throttled_detach_waits_retry_after_and_detaches_once(
 
     calls = Workspace.calls(emulator, mark)
     assert assert_waited_retry_after(calls, RETRY_AFTER) >= 1
-    assert_one_effective(writes_to(calls, workspace, "slowdel", "DELETE"))
-    assert writes_to(calls, workspace, "slowdel", "PUT") == []
+    assert_one_effective(writes_in(calls, workspace, "slowdel", "DELETE"))
+    assert writes_in(calls, workspace, "slowdel", "PUT") == []
     assert "slowdel" not in workspace.computes(emulator)
 
 
@@ -211,10 +193,10 @@ def test_throttled_operation_poll_waits_retry_after(
     assert [c for c in polls if c["status"] == 429], brief(calls)
     assert [c for c in polls if c["status"] == 200], "the operation was read once let through"
     assert assert_waited_retry_after(calls, RETRY_AFTER) >= 1
-    deletes = writes_to(calls, workspace, "opthrottle", "DELETE")
+    deletes = writes_in(calls, workspace, "opthrottle", "DELETE")
     # Two detaches, both legitimate: the first one's operation was canceled by ARM.
     assert len(effective(deletes)) == 2 == len(deletes), brief(deletes)
-    assert writes_to(calls, workspace, "opthrottle", "PUT") == []
+    assert writes_in(calls, workspace, "opthrottle", "PUT") == []
     assert "DetachFailed" in attachments.reasons("opthrottle")  # events outlive the resource
     assert "opthrottle" not in workspace.computes(emulator)
 
@@ -260,8 +242,8 @@ def test_throttled_resync_keeps_a_ready_resource_ready(
     assert ready["status"] == "True"
     assert ready["lastTransitionTime"] == ready_since
     calls = Workspace.calls(emulator, mark)
-    assert writes_to(calls, workspace, "steady", "PUT") == []
-    assert writes_to(calls, workspace, "steady", "DELETE") == []
+    assert writes_in(calls, workspace, "steady", "PUT") == []
+    assert writes_in(calls, workspace, "steady", "DELETE") == []
     assert assert_waited_retry_after(calls, 1) >= 1
 
 
@@ -318,9 +300,9 @@ def test_transient_failure_at_each_step_converges_with_one_effective_write(
         assert hit[0]["status"] is None, hit[0]  # cut, or abandoned by the client: unprocessed
     else:
         assert hit[0]["status"] == action["status"]
-    put = assert_one_effective(writes_to(calls, workspace, "flaky", "PUT"))
+    put = assert_one_effective(writes_in(calls, workspace, "flaky", "PUT"))
     assert put["status"] == 201
-    assert_one_effective(writes_to(calls, workspace, "flaky", "DELETE"))
+    assert_one_effective(writes_in(calls, workspace, "flaky", "DELETE"))
     assert "flaky" not in workspace.computes(emulator)
     if "retry_after" in action:
         assert assert_waited_retry_after(calls, action["retry_after"], (action["status"],)) == 1
@@ -356,10 +338,10 @@ def test_attach_operation_that_ends_badly_is_reported_then_retried(
     attachments.wait_condition("doomed", "True", reason="Attached", timeout=30)
 
     calls = Workspace.calls(emulator, mark)
-    puts = writes_to(calls, workspace, "doomed", "PUT")
+    puts = writes_in(calls, workspace, "doomed", "PUT")
     # Two PUTs, both legitimate: the first attach ended badly, the resync retried it.
     assert len(puts) == 2 == len(effective(puts)), brief(puts)
-    assert writes_to(calls, workspace, "doomed", "DELETE") == []
+    assert writes_in(calls, workspace, "doomed", "DELETE") == []
     assert workspace.computes(emulator)["doomed"]["properties"]["provisioningState"] \
         == "Succeeded"
 
@@ -383,13 +365,13 @@ def test_detach_operation_that_ends_badly_is_reported_then_retried(
     attachments.wait_gone("clingy", timeout=30)
 
     calls = Workspace.calls(emulator, mark)
-    deletes = writes_to(calls, workspace, "clingy", "DELETE")
+    deletes = writes_in(calls, workspace, "clingy", "DELETE")
     # Two DELETEs, both legitimate: ARM ended the first detach badly.
     assert len(deletes) == 2 == len(effective(deletes)), brief(deletes)
     reads = [c for c in calls if c["target"] == "operation"
              and deletes[0]["seq"] < c["seq"] < deletes[1]["seq"]]
     assert reads, "the operator read the operation before detaching again"
-    assert writes_to(calls, workspace, "clingy", "PUT") == []
+    assert writes_in(calls, workspace, "clingy", "PUT") == []
     assert "clingy" not in workspace.computes(emulator)
 
 
@@ -412,11 +394,11 @@ def test_expired_detach_operation_url_is_decided_from_the_compute(
     attachments.wait_gone("expired", timeout=30)
 
     calls = Workspace.calls(emulator, mark)
-    deletes = writes_to(calls, workspace, "expired", "DELETE")
+    deletes = writes_in(calls, workspace, "expired", "DELETE")
     assert len(deletes) == 2 == len(effective(deletes)), brief(calls)
     lost = [c for c in calls if c["target"] == "operation" and c["status"] == 404]
     assert lost and deletes[0]["seq"] < lost[0]["seq"] < deletes[1]["seq"], brief(calls)
-    assert writes_to(calls, workspace, "expired", "PUT") == []
+    assert writes_in(calls, workspace, "expired", "PUT") == []
     assert "expired" not in workspace.computes(emulator)
 
 
@@ -440,13 +422,13 @@ def test_expired_attach_operation_url_is_decided_from_the_compute(
     attachments.wait_condition("vanish", "True", reason="Attached", timeout=30)
 
     calls = Workspace.calls(emulator, mark)
-    puts = writes_to(calls, workspace, "vanish", "PUT")
+    puts = writes_in(calls, workspace, "vanish", "PUT")
     lost = [c for c in calls if c["target"] == "operation" and c["status"] == 404]
     assert lost, brief(calls)
     # Two PUTs, the second only after the operation was found gone and the compute absent.
     assert len(puts) == 2 == len(effective(puts)), brief(puts)
     assert puts[0]["seq"] < lost[0]["seq"] < puts[1]["seq"], brief(calls)
-    assert writes_to(calls, workspace, "vanish", "DELETE") == []
+    assert writes_in(calls, workspace, "vanish", "DELETE") == []
     assert workspace.computes(emulator)["vanish"]["properties"]["provisioningState"] \
         == "Succeeded"
 
@@ -464,7 +446,7 @@ def test_sigkill_between_put_and_first_poll_converges_with_one_put(
     mark = last_seq(emulator)
     first = start_operator()
     attachments.create("abrupt", workspace.spec())
-    put = wait_for(lambda: next((c for c in writes_to(emulator.requests(mark), workspace,
+    put = wait_for(lambda: next((c for c in writes_in(emulator.requests(mark), workspace,
                                                        "abrupt", "PUT")
                                  if c["status"] is not None), None),
                    timeout=20, interval=0.005, message="PUT answered")
@@ -476,8 +458,8 @@ def test_sigkill_between_put_and_first_poll_converges_with_one_put(
     start_operator()
     attachments.wait_condition("abrupt", "True", reason="Attached", timeout=30)
     calls = Workspace.calls(emulator, mark)
-    assert_one_effective(writes_to(calls, workspace, "abrupt", "PUT"))
-    assert writes_to(calls, workspace, "abrupt", "DELETE") == []
+    assert_one_effective(writes_in(calls, workspace, "abrupt", "PUT"))
+    assert writes_in(calls, workspace, "abrupt", "DELETE") == []
     print(f"operation in status when killed: {recorded!r}")
 
 
@@ -488,7 +470,7 @@ def test_sigkill_after_the_first_poll_of_an_attach_converges_with_one_put(
     mark = last_seq(emulator)
     first = start_operator()
     attachments.create("midway", workspace.spec())
-    put = wait_for(lambda: next(iter(writes_to(emulator.requests(mark), workspace, "midway",
+    put = wait_for(lambda: next(iter(writes_in(emulator.requests(mark), workspace, "midway",
                                                "PUT")), None), message="PUT sent")
     assert put is not None
     wait_for(lambda: [c for c in emulator.requests(put["seq"]) if c["target"] == "list"],
@@ -498,8 +480,8 @@ def test_sigkill_after_the_first_poll_of_an_attach_converges_with_one_put(
     start_operator()
     attachments.wait_condition("midway", "True", reason="Attached", timeout=30)
     calls = Workspace.calls(emulator, mark)
-    assert_one_effective(writes_to(calls, workspace, "midway", "PUT"))
-    assert writes_to(calls, workspace, "midway", "DELETE") == []
+    assert_one_effective(writes_in(calls, workspace, "midway", "PUT"))
+    assert writes_in(calls, workspace, "midway", "DELETE") == []
 
 
 def test_sigkill_during_detach_converges_with_one_delete(
@@ -511,7 +493,7 @@ def test_sigkill_during_detach_converges_with_one_delete(
     emulator.set_config({"operation_seconds": 4})
     mark = last_seq(emulator)
     attachments.delete("parting")
-    wait_for(lambda: [c for c in writes_to(emulator.requests(mark), workspace, "parting",
+    wait_for(lambda: [c for c in writes_in(emulator.requests(mark), workspace, "parting",
                                            "DELETE") if c["status"] is not None],
              message="DELETE answered")
     first.kill()
@@ -519,8 +501,8 @@ def test_sigkill_during_detach_converges_with_one_delete(
     start_operator()
     attachments.wait_gone("parting", timeout=30)
     calls = Workspace.calls(emulator, mark)
-    assert_one_effective(writes_to(calls, workspace, "parting", "DELETE"))
-    assert writes_to(calls, workspace, "parting", "PUT") == []
+    assert_one_effective(writes_in(calls, workspace, "parting", "DELETE"))
+    assert writes_in(calls, workspace, "parting", "PUT") == []
     assert "parting" not in workspace.computes(emulator)
 
 
@@ -550,8 +532,8 @@ def test_failing_identity_endpoint_reports_authentication_failed_then_recovers(
     assert secret and secret not in status_and_events(attachments, "noauth")
     assert secret not in proc.log()
     calls = Workspace.calls(emulator, mark)
-    assert_one_effective(writes_to(calls, workspace, "noauth", "PUT"))
-    assert writes_to(calls, workspace, "noauth", "DELETE") == []
+    assert_one_effective(writes_in(calls, workspace, "noauth", "PUT"))
+    assert writes_in(calls, workspace, "noauth", "DELETE") == []
     print(f"AuthenticationFailed message: {message}")
 
 
@@ -570,7 +552,7 @@ def test_token_expiring_mid_operation_reports_authentication_failed_then_recover
     short = emulator.mint_token(expires_in=6)
     token_file.write_text(short + "\n")
     attachments.create("shortlived", workspace.spec())
-    wait_for(lambda: effective(writes_to(emulator.requests(mark), workspace, "shortlived",
+    wait_for(lambda: effective(writes_in(emulator.requests(mark), workspace, "shortlived",
                                          "PUT")), message="PUT accepted")
     expired = emulator.mint_token(expires_in=-60)
     token_file.write_text(expired + "\n")
@@ -581,8 +563,8 @@ def test_token_expiring_mid_operation_reports_authentication_failed_then_recover
 
     calls = Workspace.calls(emulator, mark)
     assert [c for c in calls if c["status"] == 401 and c["auth"] == "expired"], brief(calls)
-    assert_one_effective(writes_to(calls, workspace, "shortlived", "PUT"))
-    assert writes_to(calls, workspace, "shortlived", "DELETE") == []
+    assert_one_effective(writes_in(calls, workspace, "shortlived", "PUT"))
+    assert writes_in(calls, workspace, "shortlived", "DELETE") == []
     seen = status_and_events(attachments, "shortlived") + proc.log()
     for token in (short, expired, valid):
         assert token not in seen
@@ -622,8 +604,8 @@ def test_twenty_resources_deleted_while_attaching_release_every_finalizer(
     assert writes == effective(writes), f"stray writes: {brief(writes)}"
     attached = 0
     for name in names:
-        puts = writes_to(calls, workspace, name, "PUT")
-        deletes = writes_to(calls, workspace, name, "DELETE")
+        puts = writes_in(calls, workspace, name, "PUT")
+        deletes = writes_in(calls, workspace, name, "DELETE")
         assert len(puts) <= 1 and len(deletes) == len(puts), (name, brief(puts + deletes))
         if puts:
             assert puts[0]["seq"] < deletes[0]["seq"], (name, brief(puts + deletes))
@@ -674,8 +656,8 @@ def test_foreign_operation_url_is_reported_and_never_followed(
     calls = Workspace.calls(emulator, mark)
     assert [c for c in calls if c["path"].rstrip("/") == "/op"] == []
     assert "Traceback" not in proc.log()
-    puts = writes_to(calls, workspace, "lured", "PUT")
+    puts = writes_in(calls, workspace, "lured", "PUT")
     assert puts[0]["fault"] == "status"
     assert_one_effective(puts)
-    assert writes_to(calls, workspace, "lured", "DELETE") == []
+    assert writes_in(calls, workspace, "lured", "DELETE") == []
     print(f"UnsafeOperationUrl reported in {where}: {message}")

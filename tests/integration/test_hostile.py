@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from kubernetes.client.exceptions import ApiException
+from observing import last_seq
 from operator_proc import Attachments, Workspace
 from waiting import wait_for
 
@@ -27,11 +28,6 @@ CYR_A = "\u0430"  # CYRILLIC SMALL LETTER A
 LONG_S = "\u017f"  # LATIN SMALL LETTER LONG S: RE2's (?i:s) matches it
 ZWSP = "\u200b"  # ZERO WIDTH SPACE
 Spec = dict[str, Any]
-
-
-def last_seq(emulator: Any) -> int:
-    requests = emulator.requests()
-    return int(requests[-1]["seq"]) if requests else 0
 
 
 def writes(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:

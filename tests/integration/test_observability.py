@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 import pytest
 from kubernetes.client import CoreV1Api, RbacAuthorizationV1Api
+from observing import last_seq
 from operator_proc import Attachments, OperatorProcess, Workspace
 from prometheus_client.parser import text_string_to_metric_families
 from tests.dashboard import dashboard_metric_names
@@ -64,11 +65,6 @@ pytestmark = pytest.mark.usefixtures("restore_emulator")  # it changes the share
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def last_seq(emulator: Any) -> int:
-    entries = emulator.requests()
-    return int(entries[-1]["seq"]) if entries else 0
 
 
 def scrape(operator: OperatorProcess) -> tuple[set[str], Samples]:

@@ -12,17 +12,11 @@ import uuid
 from typing import Any
 
 from kubernetes.client import CoreV1Api, RbacAuthorizationV1Api
+from observing import last_seq
 from operator_proc import Attachments, Workspace
 from waiting import wait_for
 
 SECRET_VALUE = "s3cr3t-" + uuid.uuid4().hex  # must never show up in logs, events or status
-
-
-
-
-def last_seq(emulator: Any) -> int:
-    requests = emulator.requests()
-    return int(requests[-1]["seq"]) if requests else 0
 
 
 def test_workspace_policy_limits_what_a_namespace_may_target(
