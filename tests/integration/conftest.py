@@ -25,7 +25,6 @@ import httpx
 import kubernetes
 import pytest
 from kubernetes.client import ApiClient
-from kubernetes.client.exceptions import ApiException
 
 from batchcompute_testbed.controlplane import ControlPlane
 from batchcompute_testbed.controlplane.process import tail
@@ -143,17 +142,11 @@ def _namespace_name(nodeid: str) -> str:
 @pytest.fixture
 def namespace(kube: ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace for one test; its deletion is requested (not awaited) afterwards."""
-    core = kubernetes.client.CoreV1Api(kube)
-    name = _namespace_name(request.node.nodeid)
-    core.create_namespace(
-        {"metadata": {"name": name, "labels": {"batchcompute.testbed/test-namespace": "true"}}}
-    )
-    yield name
-    try:
-        core.delete_namespace(name, propagation_policy="Background")
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
+    from operator_proc import temporary_namespace
+
+    with temporary_namespace(kube, _namespace_name(request.node.nodeid),
+                             {"batchcompute.testbed/test-namespace": "true"}) as name:
+        yield name
 
 
 # -- ARM emulator -----------------------------------------------------------------------------

@@ -3,13 +3,14 @@ drive BatchComputeAttachment resources the way a user would (create, read status
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,25 @@ class OperatorProcess:
 
     def log(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+
+@contextlib.contextmanager
+def temporary_namespace(kube: ApiClient, name: str,
+                        labels: Mapping[str, str] | None = None) -> Iterator[str]:
+    """A namespace for the block; its deletion is requested (not awaited) at the end."""
+    core = CoreV1Api(kube)
+    meta: dict[str, Any] = {"name": name}
+    if labels:
+        meta["labels"] = dict(labels)
+    core.create_namespace({"metadata": meta})
+    try:
+        yield name
+    finally:
+        try:
+            core.delete_namespace(name, propagation_policy="Background")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
 
 
 def failed(request: Any) -> bool:

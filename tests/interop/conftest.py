@@ -23,10 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import kubernetes
 import pytest
 from kubernetes.client import ApiClient
-from kubernetes.client.exceptions import ApiException
 from tests.integration.conftest import (  # the integration suite's fixtures, reused as they are
     Cluster,
     controlplane,
@@ -44,7 +42,7 @@ REPO_ROOT = INTEROP_DIR.parents[1]
 # operator_proc.py imports waiting.py as a top-level module: the integration suite's directory
 # is on sys.path when pytest runs that suite, and here too.
 sys.path.insert(0, str(REPO_ROOT / "tests" / "integration"))
-from operator_proc import OperatorProcess  # noqa: E402
+from operator_proc import OperatorProcess, failed, temporary_namespace  # noqa: E402
 
 __all__ = ["controlplane", "installed", "kube", "pytest_runtest_makereport"]
 # The operator acts with a token of its own principal, so the emulator's request log tells its
@@ -210,15 +208,8 @@ def sdkv1(sdkv1_python: Path, emulator: Emulator, tmp_path: Path) -> SdkV1:
 @pytest.fixture(scope="module")
 def operator_namespace(kube: ApiClient) -> Iterator[str]:
     """The namespace the module's operator serves; its deletion is requested afterwards."""
-    core = kubernetes.client.CoreV1Api(kube)
-    name = f"interop-{secrets.token_hex(3)}"
-    core.create_namespace({"metadata": {"name": name}})
-    yield name
-    try:
-        core.delete_namespace(name, propagation_policy="Background")
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
+    with temporary_namespace(kube, f"interop-{secrets.token_hex(3)}") as name:
+        yield name
 
 
 @pytest.fixture(scope="module")
@@ -255,6 +246,5 @@ def operator(
     """The module's operator; the end of its log is printed when the test fails."""
     start = len(running_operator.log())
     yield running_operator
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
+    if failed(request):
         print(f"---- operator log during the test ----\n{running_operator.log()[start:][-20000:]}")
