@@ -49,6 +49,7 @@ from batchcompute_operator.credentials import (
     build_credential,
 )
 from batchcompute_operator.reconcile import OWNER_TAG, OWNER_UID_TAG
+from batchcompute_operator.runtime import workspace_api
 from batchcompute_operator.spec import (
     GUID,
     OWNER_TAG_PREFIX,
@@ -58,10 +59,7 @@ from batchcompute_operator.spec import (
     WorkspaceRef,
     parse_spec,
 )
-from batchcompute_operator.workspace.api import WorkspaceApi
-from batchcompute_operator.workspace.client import ArmClient
 from batchcompute_operator.workspace.errors import ArmError, AuthenticationFailed, UnsafeUrl
-from batchcompute_operator.workspace.pacing import SubscriptionPacer
 from batchcompute_operator.workspace.transport import arm_http
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # a namespace name
@@ -252,10 +250,7 @@ async def list_computes(settings: Settings, ws: WorkspaceRef) -> list[ComputeVie
     http = arm_http(settings)  # the operator's own client, with the same guards
     tokens = TokenCache(build_credential(settings), settings.arm_audience, key="export")
     try:
-        client = ArmClient(settings.arm_endpoint, settings.api_version, tokens,
-                           SubscriptionPacer(settings.buckets, enabled=settings.pacing),
-                           http=http, allow_insecure_http=settings.allow_insecure_http)
-        found = await WorkspaceApi(client).list_computes(ws)
+        found = await workspace_api(settings, tokens, http).list_computes(ws)
     finally:
         await http.aclose()
         await tokens.close()

@@ -95,16 +95,23 @@ def resource_path(namespace: str | None = None) -> str:
     return f"/apis/{GROUP}/{VERSION}/{PLURAL}"
 
 
+def workspace_api(settings: Settings, tokens: TokenCache,
+                  http: httpx.AsyncClient) -> WorkspaceApi:
+    """The workspace REST API as the operator (and `export`) call it: paced per subscription,
+    tokens only for the configured ARM host, the configured api-version."""
+    client = ArmClient(settings.arm_endpoint, settings.api_version, tokens,
+                       SubscriptionPacer(settings.buckets, enabled=settings.pacing), http=http,
+                       allow_insecure_http=settings.allow_insecure_http)
+    return WorkspaceApi(client)
+
+
 def build_runtime(settings: Settings, connect: Connector, *, identity: str,
                   priority: int) -> Runtime:
     if not settings.metrics_port:
         metrics.turn_off()
     http = arm_http(settings)
     tokens = TokenCache(build_credential(settings), settings.arm_audience)
-    pacer = SubscriptionPacer(settings.buckets, enabled=settings.pacing)
-    client = ArmClient(settings.arm_endpoint, settings.api_version, tokens, pacer, http=http,
-                       allow_insecure_http=settings.allow_insecure_http)
-    api = WorkspaceApi(client)
+    api = workspace_api(settings, tokens, http)
     # A status write that fails is owed and made again at the next poll anyway; the client
     # backs off no longer than a poll interval, so the write that was failing when the API
     # server recovered goes through within one.
@@ -119,5 +126,5 @@ def build_runtime(settings: Settings, connect: Connector, *, identity: str,
         return await namespace_identities.get(namespace, secret)
 
     engine = Engine(Services(settings, api, kube, events, gate, Identities(resolve)))
-    return Runtime(settings, http, tokens, client, kube, events, gate, namespace_identities,
+    return Runtime(settings, http, tokens, api.client, kube, events, gate, namespace_identities,
                    engine)
