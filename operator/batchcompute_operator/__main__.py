@@ -8,6 +8,7 @@ import os
 import secrets
 import socket
 import sys
+from types import ModuleType
 
 FLAGS = {
     "arm_endpoint": "BCO_ARM_ENDPOINT",
@@ -40,6 +41,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def load_handlers() -> ModuleType:
+    """Import the kopf wiring (which registers the handlers) without the kubernetes client.
+
+    kopf imports the client when it is installed, only to recognise its model objects, which
+    this operator never hands to kopf; the import alone holds about 30 MiB. It is hidden for
+    that moment and imported later only if a kubeconfig needs it (handlers._login).
+    """
+    hidden = "kubernetes" not in sys.modules
+    if hidden:
+        sys.modules["kubernetes"] = None  # type: ignore[assignment]  # import raises ImportError
+    try:
+        from batchcompute_operator import handlers
+    finally:
+        if hidden:
+            del sys.modules["kubernetes"]
+    return handlers
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["export"]:
@@ -63,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     logs.configure("DEBUG" if args.verbose else settings.log_level, settings.log_format)
 
-    from batchcompute_operator import handlers  # registers the handlers with kopf
+    handlers = load_handlers()
 
     # kopf's convention: POD_ID names this replica among its peers (the Deployment sets it).
     host = os.environ.get("POD_NAME") or socket.gethostname()

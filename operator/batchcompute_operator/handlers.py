@@ -13,7 +13,9 @@ acknowledges the generation before any ARM call (1) and records the result (1); 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 import threading
 from collections.abc import Collection, Iterable
 from typing import Any
@@ -57,20 +59,44 @@ def _runtime(memo: Any) -> Runtime:
     return runtime
 
 
+SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105 (a path)
+
 # The kubernetes client's kubeconfig loader is not thread-safe: it publishes the temporary
 # file for an embedded CA before writing it, so a second loader running at the same moment
 # can read it empty ("no certificate or crl found") and kopf's login waits 60 s to retry.
 _LOADING = threading.Lock()
 
 
-def _login_via_client(**kwargs: Any) -> kopf.ConnectionInfo | None:
+def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """The service account in a cluster, else the kubeconfig, read by kopf itself.
+
+    The kubernetes client (about 30 MiB once imported) is loaded only for a kubeconfig whose
+    user kopf cannot read credentials from: exec and auth-provider plugins, token files.
+    """
+    if os.path.exists(SERVICE_ACCOUNT_TOKEN):
+        info = kopf.login_with_service_account(**kwargs)
+        host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), \
+            os.environ.get("KUBERNETES_SERVICE_PORT")
+        if info is not None and host and port:
+            # The address the kubelet gives every pod, as the kubernetes client uses it: no
+            # dependence on cluster DNS (kopf's own default is kubernetes.default.svc).
+            host = f"[{host}]" if ":" in host else host
+            info = dataclasses.replace(info, server=f"https://{host}:{port}")
+        return info
+    try:
+        info = kopf.login_with_kubeconfig(**kwargs)
+    except (kopf.LoginError, KeyError):
+        info = None  # the kubernetes client reports what is wrong with the kubeconfig
+    if info is not None and (info.token or info.username or info.certificate_path
+                             or info.certificate_data):
+        return info
     with _LOADING:
         return kopf.login_via_client(**kwargs)
 
 
 async def connection(settings: kopf.OperatorSettings | None = None) -> Connection:
     """The API server and credentials, resolved the way kopf resolves its own."""
-    info = await asyncio.to_thread(_login_via_client, logger=log,
+    info = await asyncio.to_thread(_login, logger=log,
                                    settings=settings or kopf.OperatorSettings())
     if info is None:
         raise kopf.LoginError("no Kubernetes credentials found (in-cluster or kubeconfig)")
@@ -86,7 +112,7 @@ async def login(memo: Any, **kwargs: Any) -> kopf.AiohttpSession | None:
     in flight, and each costs memory long after the burst. A bounded pool queues them.
     """
     settings, _, _ = _launch(memo)
-    info = await asyncio.to_thread(_login_via_client, **kwargs)
+    info = await asyncio.to_thread(_login, **kwargs)
     if info is None:
         return None
     session = aiohttp.ClientSession(
