@@ -7,6 +7,7 @@ that the reconcile step treats as "not converged, look again later".
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +16,7 @@ KNOWN_STATES = {"Unknown", "Updating", "Creating", "Deleting", "Succeeded", "Fai
 TERMINAL_OPERATION = {"Succeeded", "Failed", "Canceled"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ArmErrorDetail:
     code: str
     message: str
@@ -24,9 +25,13 @@ class ArmErrorDetail:
         return {"code": self.code, "message": self.message}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ComputeView:
-    """The parts of an ARM compute the operator decides on (SDK v1 `serialize()` fields)."""
+    """The parts of an ARM compute the operator decides on (SDK v1 `serialize()` fields).
+
+    A workspace's LIST is kept as these while anything in it is in flight, so strings that
+    many computes repeat (types, states, locations, Batch accounts, tag names) are interned.
+    """
 
     id: str
     name: str
@@ -43,6 +48,10 @@ class ComputeView:
 
 def _str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _shared(value: Any) -> str | None:
+    return sys.intern(value) if isinstance(value, str) else None
 
 
 def parse_error(raw: Any) -> ArmErrorDetail | None:
@@ -74,18 +83,18 @@ def parse_compute(raw: Any) -> ComputeView | None:
         if e is not None
     )
     tags_raw = raw.get("tags")
-    tags = {k: v for k, v in tags_raw.items() if isinstance(k, str) and isinstance(v, str)} \
-        if isinstance(tags_raw, Mapping) else {}
+    tags = {sys.intern(k): sys.intern(v) for k, v in tags_raw.items()
+            if isinstance(k, str) and isinstance(v, str)} if isinstance(tags_raw, Mapping) else {}
     attached = props.get("isAttachedCompute")
     return ComputeView(
         id=_str(raw.get("id")) or "",
         name=name,
-        compute_type=_str(props.get("computeType")) or "Unknown",
-        resource_id=_str(props.get("resourceId")),
-        provisioning_state=state if state in KNOWN_STATES else "Unknown",
+        compute_type=_shared(props.get("computeType")) or "Unknown",
+        resource_id=_shared(props.get("resourceId")),
+        provisioning_state=sys.intern(state) if state in KNOWN_STATES else "Unknown",
         provisioning_errors=errors,
-        compute_location=_str(props.get("computeLocation")),
-        location=_str(raw.get("location")),
+        compute_location=_shared(props.get("computeLocation")),
+        location=_shared(raw.get("location")),
         description=_str(props.get("description")),
         is_attached=attached if isinstance(attached, bool) else None,
         tags=tags,

@@ -8,6 +8,7 @@ fields that differ, so re-deriving the same status writes nothing.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -183,7 +184,13 @@ def _coerce(name: str, value: Any, now: str, current: Recorded) -> Any:
 
 
 def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
+    """Strings are kept interned: ten thousand records repeat the same states, locations,
+    reasons and timestamps, and each JSON parse would otherwise hold its own copy."""
+    return sys.intern(value) if isinstance(value, str) else None
+
+
+def _text(value: Any, default: str = "") -> str:
+    return sys.intern(value) if isinstance(value, str) and value else default
 
 
 def _errors(raw: Any) -> Errors:
@@ -201,7 +208,7 @@ def _errors(raw: Any) -> Errors:
 def _operation(raw: Any) -> Operation | None:
     if not isinstance(raw, Mapping) or not isinstance(raw.get("kind"), str):
         return None
-    return Operation(raw["kind"], str(raw.get("since") or ""))
+    return Operation(sys.intern(raw["kind"]), _text(raw.get("since")))
 
 
 def _conditions(raw: Any) -> tuple[Cond, ...]:
@@ -218,8 +225,8 @@ def _conditions(raw: Any) -> tuple[Cond, ...]:
             text = message
         message = text
         gen = item.get("observedGeneration")
-        out.append(Cond(item["type"], str(item.get("status") or "Unknown"),
-                        str(item.get("reason") or ""), text,
+        out.append(Cond(sys.intern(item["type"]), _text(item.get("status"), "Unknown"),
+                        _text(item.get("reason")), text,
                         gen if isinstance(gen, int) else None,
-                        str(item.get("lastTransitionTime") or "")))
+                        _text(item.get("lastTransitionTime"))))
     return tuple(out)

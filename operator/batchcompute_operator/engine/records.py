@@ -2,7 +2,8 @@
 
 Built from every watch event kopf hands over (and from the answers to our own status writes),
 then the body is let go. The spec is parsed once per generation; strings that many records
-share (namespaces, workspaces, Batch account ids) are kept once.
+share (namespaces, workspaces, Batch account ids, policies, and in status.py states, reasons and
+timestamps) are kept once.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ class RecordBuilder:
         return Record(
             uid=uid,
             namespace=sys.intern(namespace),
-            name=name,
+            name=sys.intern(name),
             generation=generation,
             resource_version=_version(meta.get("resourceVersion")),
             deleting=meta.get("deletionTimestamp") is not None,
@@ -133,10 +134,10 @@ class RecordBuilder:
             return err
         return AttachmentSpec(
             workspace=self.workspace(spec.workspace),
-            compute_name=spec.compute_name,
+            compute_name=sys.intern(spec.compute_name),
             batch_account_id=sys.intern(spec.batch_account_id),
             description=spec.description,
-            tags=spec.tags or _NO_TAGS,
+            tags={sys.intern(k): sys.intern(v) for k, v in spec.tags.items()} or _NO_TAGS,
             deletion_policy=spec.deletion_policy,
             credentials_secret=spec.credentials_secret,
             management_policy=spec.management_policy,
