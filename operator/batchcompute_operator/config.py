@@ -183,8 +183,11 @@ class Settings:
     allow_insecure_http: bool = False
     ca_bundle: str | None = None
     http_timeout: float = 30.0
-    max_connections: int = 32
-    kube_connections: int = 16
+    # Each open connection holds its own TLS buffers (Python's read buffer alone is 256 KiB),
+    # and on a small control plane more concurrent writers only contend with each other.
+    # These are the sizes `make bench` measures; kopf and the engine have one pool each.
+    max_connections: int = 16
+    kube_connections: int = 8
     credential: CredentialMode = "default"
     static_token_file: str | None = None
     managed_identity_client_id: str | None = None
