@@ -132,7 +132,9 @@ def one_run(args: argparse.Namespace, sink: Sink, label: str, n: int, phases: Se
 
 def summarize(sink: Sink, args: argparse.Namespace) -> None:
     runs = sink.data["runs"]
-    main_runs = [r for k, r in runs.items() if k.startswith(f"n{args.n}-") and "ratio" in r]
+    # n1000-1, n1000-2, ...: not n1000-no-metrics, which only attaches, without metrics
+    main_runs = [r for k, r in runs.items()
+                 if k.startswith(f"n{args.n}-") and k.rsplit("-", 1)[1].isdigit() and "ratio" in r]
     summary: dict[str, float] = {}
     spread: dict[str, list[float]] = {}
     if main_runs:

@@ -297,7 +297,6 @@ def run(args: argparse.Namespace, work: Path, n: int | None = None,
                                       timeout))
                 results["rss_mib_peak"] = max(results["rss_mib_peak"], rss_peak_mib(proc.pid))
                 done("detach")
-            results["load_avg_1m_end"] = load_average()
             return results
         except BaseException:
             if log_file.exists():
@@ -305,6 +304,8 @@ def run(args: argparse.Namespace, work: Path, n: int | None = None,
             raise
         finally:
             results["load_avg_1m_end"] = load_average()
+            if progress is not None:  # the results so far, with the load at the end
+                progress(results)
             if watcher is not None:
                 watcher.stop()
             stop_process(operator)
