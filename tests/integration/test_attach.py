@@ -244,21 +244,28 @@ def test_restart_mid_operation_converges_without_a_second_put(
     assert len(writes(Workspace.calls(emulator, seq), "PUT")) == 1
 
 
+@pytest.mark.usefixtures("restore_emulator")
 def test_out_of_band_detach_is_repaired_on_resync(
         start_operator: Any, attachments: Attachments, workspace: Workspace,
         emulator: Any) -> None:
-    start_operator()
+    resync = 12.0
+    start_operator(BCO_RESYNC_INTERVAL=f"{resync:g}")
     attachments.create("drifty", workspace.spec())
     attachments.wait_condition("drifty", "True")
+    # A slow ARM: the repairing PUT is answered after the pass that LISTed the drift has
+    # ended and its loop has gone to sleep until the next resync.
+    emulator.set_config({"latency_ms": 400})
     with emulator.arm(emulator.mint_token()) as arm:
         resp = arm.delete(workspace.compute_path("drifty"),
                           params={"api-version": "2020-02-02",
                                   "underlyingResourceAction": "Detach"})
         assert resp.status_code in (200, 202)
     wait_for(lambda: "drifty" not in workspace.computes(emulator), message="detached by hand")
-    wait_for(lambda: "Drifted" in attachments.reasons("drifty"), timeout=30,
+    wait_for(lambda: "Drifted" in attachments.reasons("drifty"), timeout=resync + 10,
              message="Drifted event")
-    attachments.wait_condition("drifty", "True", timeout=30)
+    # The event follows the repairing PUT: Ready again after its operation (1 s) and the
+    # next poll (0.5 s), not at the next resync.
+    attachments.wait_condition("drifty", "True", timeout=resync / 2)
     assert "drifty" in workspace.computes(emulator)
 
 

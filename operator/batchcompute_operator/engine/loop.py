@@ -105,7 +105,8 @@ class WorkspaceLoop:
         self._last_said = ""  # the last failure logged, so a repeated one is not logged again
         self._refreshing: asyncio.Task[Snapshot] | None = None
         self._refresh_began = float("-inf")
-        self._wake = asyncio.Event()
+        self._woken = False  # a member needs a look: a pass follows soon
+        self._changed = asyncio.Event()  # woken, or what is due changed: the sleep is re-timed
         self._queue: deque[str] = deque()
         self._queued: set[str] = set()
         self._busy: set[str] = set()
@@ -137,12 +138,18 @@ class WorkspaceLoop:
         track = self.tracking.pop(uid, None)
         if track is not None and track.kind is not None:
             metrics.operations_in_flight.labels(track.kind).dec()
-        self._wake.set()
+        self.wake()
 
     def wake(self, uid: str | None = None) -> None:
         if uid is not None:
             self.fresh.add(uid)
-        self._wake.set()
+        self._woken = True
+        self._changed.set()
+
+    def _retime(self) -> None:
+        """A worker sent an ARM write or scheduled a retry: the sleeping loop's deadline,
+        computed before it, may be a whole resync interval too late."""
+        self._changed.set()
 
     def describe(self) -> str:
         ws = "/".join(self.key.workspace) if self.key.workspace else "(no workspace)"
@@ -177,17 +184,19 @@ class WorkspaceLoop:
         gap = self.last_pass + MIN_GAP - clock()
         if gap > 0:
             await asyncio.sleep(gap)
-        delay = self._due() - clock()
-        if delay > 0 and not self._wake.is_set():
+        while not self._woken:
+            delay = self._due() - clock()
+            if delay <= 0:
+                await asyncio.sleep(0)
+                return
+            self._changed.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                await asyncio.wait_for(self._changed.wait(), timeout=delay)
             except TimeoutError:
                 return
-        if self._wake.is_set():
-            self._wake.clear()
-            await asyncio.sleep(COALESCE)
-        else:
-            await asyncio.sleep(0)
+        self._woken = False
+        self._changed.clear()
+        await asyncio.sleep(COALESCE)
 
     def _due(self) -> float:
         """When the next pass is needed: now, a poll interval, a retry, or the next resync.
@@ -382,7 +391,10 @@ class WorkspaceLoop:
                 self._busy.discard(uid)
                 gauge.dec()
                 if uid in self.fresh:
-                    self._wake.set()  # it changed while we were busy with it
+                    self.wake()  # it changed while we were busy with it
+                elif (track := self.tracking.get(uid)) is not None and \
+                        (track.kind is not None or track.owed or track.failures):
+                    self._retime()
             if result is not None:  # None: the resource was gone, nothing was reconciled
                 metrics.reconcile_time.labels(metrics.CONTROLLER).observe(clock() - began)
                 metrics.reconcile_total.labels(metrics.CONTROLLER, result).inc()
