@@ -23,7 +23,7 @@ from batchcompute_operator import metrics
 from batchcompute_operator.compute import ComputeView
 from batchcompute_operator.credentials import CredentialsUnavailable
 from batchcompute_operator.engine.records import API_VERSION, LoopKey, Record
-from batchcompute_operator.kube.client import KubeError
+from batchcompute_operator.kube.client import FIRST_STATUS, STATUS, KubeError
 from batchcompute_operator.kube.events import InvolvedObject
 from batchcompute_operator.logs import resource
 from batchcompute_operator.reconcile import (
@@ -655,7 +655,11 @@ class WorkspaceLoop:
             return record
         patch["lastSyncTime"] = now
         try:
-            body = await self.services.kube.patch_status(record.path, record.uid, patch)
+            # A generation's first status goes ahead of other writes: until it lands, the
+            # object has none, and reads as healthy to GitOps tools.
+            body = await self.services.kube.patch_status(
+                record.path, record.uid, patch,
+                priority=STATUS if record.acknowledged else FIRST_STATUS)
         except KubeError as err:
             failed = self._track(record.uid)
             failed.owed = True

@@ -4,14 +4,17 @@ kopf keeps watching, finalizers and peering; everything the engine writes goes t
 one client, so its timeouts, retries and concurrency are ours to bound. It runs on aiohttp,
 the HTTP stack kopf itself uses for the API server (ARM has its own httpx client): per
 request it costs a fraction of what a general-purpose client does, and an attach costs four
-of them. Status patches are JSON merge patches of the status subresource without a
-resourceVersion (they never fail with 409), carrying `metadata.uid` so a patch never lands
-on a re-created namespace/name.
+of them. When every connection is busy, the most urgent request goes next: a new
+generation's first status, then other status writes, then events. Status patches are JSON
+merge patches of the status subresource without a resourceVersion (they never fail with
+409), carrying `metadata.uid` so a patch never lands on a re-created namespace/name.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import json
 import logging
 import random
@@ -28,6 +31,42 @@ from batchcompute_operator import metrics
 log = logging.getLogger(__name__)
 
 RETRYABLE = frozenset({429, 500, 502, 503, 504})
+
+# Request priorities, most urgent first. Under a burst of creations the pool is the queue:
+# without them, a new object's first status waited behind the results and events of earlier
+# ones for seconds, during which it had no status at all.
+FIRST_STATUS, STATUS, EVENT = 0, 1, 2
+
+
+class PriorityGate:
+    """At most `size` holders; when all places are taken, the most urgent waiter (lowest
+    priority number, then the earliest) gets the next one that is released."""
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    async def acquire(self, priority: int) -> None:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (priority, next(self._order), waiter))
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed a place while being cancelled: pass it on
+            raise  # a cancelled waiter still in the heap is skipped by release()
+
+    def release(self) -> None:
+        while self._waiters:
+            _, _, waiter = heapq.heappop(self._waiters)
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
 
 
 @dataclass(frozen=True)
@@ -78,6 +117,7 @@ class KubeClient:
         self._server = ""
         self._connected_at = 0.0
         self._lock = asyncio.Lock()
+        self._gate = PriorityGate(connections)
         self.stats = KubeStats()
         self.last_success = 0.0  # monotonic time of the last answered request
 
@@ -103,10 +143,12 @@ class KubeClient:
     async def request(self, method: str, path: str, *, body: Any = None,
                       params: Mapping[str, str] | None = None,
                       content_type: str = "application/json",
-                      ok: frozenset[int] = frozenset()) -> KubeResponse:
+                      ok: frozenset[int] = frozenset(),
+                      priority: int = STATUS) -> KubeResponse:
         """One request, retried on throttling, server errors and lost connections.
 
-        `ok` names error statuses the caller handles itself (returned, not raised).
+        `ok` names error statuses the caller handles itself (returned, not raised). A
+        connection is held only while the request is on the wire, not while backing off.
         """
         verb = method.lower()
         data = json.dumps(body) if body is not None else None
@@ -117,11 +159,8 @@ class KubeClient:
             renew = False
             self.stats.requests += 1
             try:
-                async with session.request(method, server + path, data=data, params=params,
-                                           headers=headers, allow_redirects=False) as resp:
-                    status = resp.status
-                    text = await resp.text()
-                    retry_after = resp.headers.get("Retry-After")
+                status, text, retry_after = await self._exchange(
+                    session, method, server + path, data, params, headers, priority)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 metrics.kube_requests.labels(verb, "none").inc()
                 if attempt == self._attempts:
@@ -143,6 +182,19 @@ class KubeClient:
             raise KubeError(status, _reason(text))
         raise AssertionError("unreachable")
 
+    async def _exchange(self, session: aiohttp.ClientSession, method: str, url: str,
+                        data: str | None, params: Mapping[str, str] | None,
+                        headers: dict[str, str] | None, priority: int
+                        ) -> tuple[int, str, str | None]:
+        """One request and its answer, holding a place in the pool only meanwhile."""
+        await self._gate.acquire(priority)
+        try:
+            async with session.request(method, url, data=data, params=params, headers=headers,
+                                       allow_redirects=False) as resp:
+                return resp.status, await resp.text(), resp.headers.get("Retry-After")
+        finally:
+            self._gate.release()
+
     async def _pause(self, attempt: int, retry_after: str | None) -> None:
         self.stats.retries += 1
         # Never longer than max_backoff, jitter included: a request the API server could not
@@ -154,12 +206,13 @@ class KubeClient:
 
     # -- what the engine does ------------------------------------------------------------------
 
-    async def patch_status(self, path: str, uid: str, status: Mapping[str, Any]
-                           ) -> dict[str, Any] | None:
+    async def patch_status(self, path: str, uid: str, status: Mapping[str, Any], *,
+                           priority: int = STATUS) -> dict[str, Any] | None:
         """Merge-patch `status` of the object at `path`; None when it is gone or replaced."""
         resp = await self.request(
             "PATCH", f"{path}/status", body={"metadata": {"uid": uid}, "status": dict(status)},
-            content_type="application/merge-patch+json", ok=frozenset({404, 409, 422}))
+            content_type="application/merge-patch+json", ok=frozenset({404, 409, 422}),
+            priority=priority)
         if resp.status in (409, 422):
             if "uid" in resp.text.lower() or resp.status == 409:
                 return None  # another object now has that name
@@ -173,7 +226,7 @@ class KubeClient:
         """Create a named event; False when it exists already (an earlier attempt of this
         very POST was stored, and its answer lost)."""
         resp = await self.request("POST", f"/api/v1/namespaces/{namespace}/events",
-                                  body=dict(event), ok=frozenset({409}))
+                                  body=dict(event), ok=frozenset({409}), priority=EVENT)
         return resp.status != 409
 
     async def get_json(self, path: str, *, missing_ok: bool = False) -> dict[str, Any] | None:
