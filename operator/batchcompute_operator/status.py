@@ -190,7 +190,7 @@ def _str(value: Any) -> str | None:
 
 
 def _text(value: Any, default: str = "") -> str:
-    return sys.intern(value) if isinstance(value, str) and value else default
+    return sys.intern(str(value or default))
 
 
 def _errors(raw: Any) -> Errors:

@@ -318,3 +318,16 @@ def test_observe_only_mirrors_arm_and_never_writes_there() -> None:
     assert observe(view(uid="someone")).conditions[0].status == "True"
     assert observe(None).conditions[2].reason == "NotAttached"
     assert observe(view(compute_type="AmlCompute")).conditions[2].reason == "Conflict"
+
+
+def test_a_hand_written_status_with_non_string_fields_reads_them_as_text() -> None:
+    # The CRD types these as strings; a status from elsewhere (an older CRD, a restore) may not.
+    recorded = Recorded.from_status({
+        "operation": {"kind": "Attach", "since": 1700000000},
+        "conditions": [{"type": "Ready", "status": True, "reason": 7, "message": "m",
+                        "lastTransitionTime": None}],
+    })
+    ready = recorded.condition("Ready")
+    assert ready is not None
+    assert (ready.status, ready.reason, ready.since) == ("True", "7", "")
+    assert recorded.operation is not None and recorded.operation.since == "1700000000"
