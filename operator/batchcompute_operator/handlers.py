@@ -60,8 +60,6 @@ def _runtime(memo: Any) -> Runtime:
     return runtime
 
 
-SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105 (a path)
-
 # The kubernetes client's kubeconfig loader is not thread-safe: it publishes the temporary
 # file for an embedded CA before writing it, so a second loader running at the same moment
 # can read it empty ("no certificate or crl found") and kopf's login waits 60 s to retry.
@@ -74,11 +72,11 @@ def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     The kubernetes client (about 30 MiB once imported) is loaded only for a kubeconfig whose
     user kopf cannot read credentials from: exec and auth-provider plugins, token files.
     """
-    if os.path.exists(SERVICE_ACCOUNT_TOKEN):
-        info = kopf.login_with_service_account(**kwargs)
+    info = kopf.login_with_service_account(**kwargs)  # None outside a pod
+    if info is not None:
         host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), \
             os.environ.get("KUBERNETES_SERVICE_PORT")
-        if info is not None and host and port:
+        if host and port:
             # The address the kubelet gives every pod, as the kubernetes client uses it: no
             # dependence on cluster DNS (kopf's own default is kubernetes.default.svc).
             host = f"[{host}]" if ":" in host else host
