@@ -188,6 +188,9 @@ class Settings:
     # These are the sizes `make bench` measures; kopf and the engine have one pool each.
     max_connections: int = 16
     kube_connections: int = 8
+    # ARM answers read at once: a LIST page of 100 computes holds about a MiB while it is
+    # parsed, and a hundred workspaces polling together would otherwise parse a pool's worth.
+    max_reads: int = 4
     credential: CredentialMode = "default"
     static_token_file: str | None = None
     managed_identity_client_id: str | None = None
@@ -246,6 +249,7 @@ class Settings:
             http_timeout=env.seconds("BCO_HTTP_TIMEOUT", cls.http_timeout, 0.1),
             max_connections=env.integer("BCO_MAX_CONNECTIONS", cls.max_connections, 1),
             kube_connections=env.integer("BCO_KUBE_CONNECTIONS", cls.kube_connections, 1),
+            max_reads=env.integer("BCO_MAX_READS", cls.max_reads, 1),
             credential=credential,  # type: ignore[arg-type]
             static_token_file=token_file,
             managed_identity_client_id=env.matching("BCO_MANAGED_IDENTITY_CLIENT_ID", _GUID,

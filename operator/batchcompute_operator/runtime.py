@@ -101,7 +101,8 @@ def workspace_api(settings: Settings, tokens: TokenCache,
     tokens only for the configured ARM host, the configured api-version."""
     client = ArmClient(settings.arm_endpoint, settings.api_version, tokens,
                        SubscriptionPacer(settings.buckets, enabled=settings.pacing), http=http,
-                       allow_insecure_http=settings.allow_insecure_http)
+                       allow_insecure_http=settings.allow_insecure_http,
+                       reads_at_once=settings.max_reads)
     return WorkspaceApi(client)
 
 

@@ -44,6 +44,7 @@ BAD: dict[str, tuple[str, str]] = {
     "BCO_LOOP_WORKERS": ("1000", "a whole number from 1 to 256"),
     "BCO_MANAGED_IDENTITY_CLIENT_ID": ("my-identity", "a client id (GUID)"),
     "BCO_MAX_CONNECTIONS": ("-5", "a whole number from 1 up"),
+    "BCO_MAX_READS": ("0", "a whole number from 1 up"),
     "BCO_METRICS_PORT": ("metrics", "a port number from 0 to 65535 (0 turns /metrics off)"),
     "BCO_NAMESPACES": ("team-a,Team_B", "comma-separated namespace names"),
     "BCO_OBSERVE_MAX_AGE": ("nan", "a number of seconds from 0 up"),

@@ -6,6 +6,7 @@ the integration suite covers the same client against the emulator over TLS.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -260,3 +261,36 @@ def test_plain_http_endpoint_needs_the_development_flag() -> None:
         ArmClient("http://127.0.0.1:8080", "2020-02-02", Tokens(), SubscriptionPacer(), http=http)
     ArmClient("http://127.0.0.1:8080", "2020-02-02", Tokens(), SubscriptionPacer(), http=http,
               allow_insecure_http=True)
+
+
+async def test_reads_are_parsed_a_few_at_a_time_and_writes_do_not_wait_for_them() -> None:
+    """A burst of LISTs holds at most `reads_at_once` answers at a time; a DELETE sent
+    meanwhile goes straight through."""
+    in_flight: list[str] = []
+    most_gets = 0
+    seen: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal most_gets
+        in_flight.append(request.method)
+        most_gets = max(most_gets, in_flight.count("GET"))
+        seen.append(f"{request.method} gets-in-flight={in_flight.count('GET')}")
+        try:
+            if request.method == "GET":
+                await asyncio.sleep(0.05)
+                return httpx.Response(200, json={"value": []})
+            return httpx.Response(200, json={})
+        finally:
+            in_flight.remove(request.method)
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    client = ArmClient("https://arm.example", "2020-02-02", Tokens(),
+                       SubscriptionPacer(enabled=False), http=http, reads_at_once=2)
+    api = WorkspaceApi(client)
+    lists = [asyncio.create_task(api.list_computes(WS)) for _ in range(6)]
+    await asyncio.sleep(0.01)  # two GETs on the wire, four waiting
+    await api.delete_compute(WS, "mybatch")
+    await asyncio.gather(*lists)
+    assert most_gets == 2
+    assert [s for s in seen if s.startswith("DELETE")] == ["DELETE gets-in-flight=2"]
+    assert len([s for s in seen if s.startswith("GET")]) == 6

@@ -92,6 +92,7 @@ class ArmClient:
         allow_insecure_http: bool = False,
         read_attempts: int = 4,
         max_backoff: float = 30.0,
+        reads_at_once: int = 4,
     ) -> None:
         base = httpx.URL(endpoint)
         if base.scheme != "https" and not (allow_insecure_http and base.scheme == "http"):
@@ -104,6 +105,10 @@ class ArmClient:
         self._allow_http = allow_insecure_http
         self._read_attempts = read_attempts
         self._max_backoff = max_backoff
+        # GETs (LIST pages above all) are sent, read and parsed a few at a time: the memory
+        # of a burst's peak is that of the answers being parsed at once, not of the pool.
+        # Pacing waits and backoff happen outside it.
+        self._reads = asyncio.Semaphore(reads_at_once)
         self.stats = CallStats()
         self.last_answer = 0.0  # monotonic time ARM last answered anything
         self.reachable = False  # the last request got an HTTP answer (readiness)
@@ -208,6 +213,13 @@ class ArmClient:
             if waited:
                 metrics.pacing_wait.labels(kind).inc(waited)
         token = await tokens()
+        if method == "GET":
+            async with self._reads:
+                return await self._exchange(method, url, budget, kind, body, tokens, token)
+        return await self._exchange(method, url, budget, kind, body, tokens, token)
+
+    async def _exchange(self, method: Method, url: httpx.URL, budget: str, kind: Kind,
+                        body: Any, tokens: TokenGetter, token: str) -> ArmResponse:
         self.stats.calls += 1
         resource = _resource(url)
         began = time.monotonic()
