@@ -4,10 +4,10 @@ kopf keeps watching, finalizers and peering; everything the engine writes goes t
 one client, so its timeouts, retries and concurrency are ours to bound. It runs on aiohttp,
 the HTTP stack kopf itself uses for the API server (ARM has its own httpx client): per
 request it costs a fraction of what a general-purpose client does, and an attach costs four
-of them. When every connection is busy, the most urgent request goes next: a new
-generation's first status, then other status writes, then events. Status patches are JSON
-merge patches of the status subresource without a resourceVersion (they never fail with
-409), carrying `metadata.uid` so a patch never lands on a re-created namespace/name.
+of them. When every connection is busy, a new generation's first status goes ahead of the
+other requests, which keep their order. Status patches are JSON merge patches of the status
+subresource without a resourceVersion (they never fail with 409), carrying `metadata.uid` so
+a patch never lands on a re-created namespace/name.
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ RETRYABLE = frozenset({429, 500, 502, 503, 504})
 
 # Request priorities, most urgent first. Under a burst of creations the pool is the queue:
 # without them, a new object's first status waited behind the results and events of earlier
-# ones for seconds, during which it had no status at all.
-FIRST_STATUS, STATUS, EVENT = 0, 1, 2
+# ones for seconds, during which it had no status at all. Events are not put last: in a long
+# burst they would wait for its end, thousands of them held in memory meanwhile.
+FIRST_STATUS, STATUS = 0, 1
 
 
 class PriorityGate:
@@ -226,7 +227,7 @@ class KubeClient:
         """Create a named event; False when it exists already (an earlier attempt of this
         very POST was stored, and its answer lost)."""
         resp = await self.request("POST", f"/api/v1/namespaces/{namespace}/events",
-                                  body=dict(event), ok=frozenset({409}), priority=EVENT)
+                                  body=dict(event), ok=frozenset({409}))
         return resp.status != 409
 
     async def get_json(self, path: str, *, missing_ok: bool = False) -> dict[str, Any] | None:
