@@ -413,6 +413,8 @@ def test_expired_attach_operation_url_is_decided_from_the_compute(
     attachments.create("vanish", workspace.spec())
     wait_for(lambda: (attachments.get("vanish") or {}).get("status", {}).get("operation"),
              message="operation recorded in status")
+    # The operation is in the status from the acknowledgement on, before the PUT is sent.
+    wait_for(lambda: "vanish" in workspace.computes(emulator), message="the PUT reached ARM")
     emulator.add_fault({"method": "GET", "kind": "operation", "count": None,
                         "action": {"status": 404}})
     removed = emulator._call(
