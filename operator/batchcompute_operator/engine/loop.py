@@ -71,6 +71,11 @@ class Tracking:
     # all the same (a later record holds exactly that status), its events are still to post.
     unanswered: tuple[Recorded, tuple[Event, ...]] | None = None
 
+    @property
+    def pending(self) -> bool:
+        """An ARM write in flight, a status write owed, or a retry to come."""
+        return self.kind is not None or self.owed or bool(self.failures)
+
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -392,8 +397,7 @@ class WorkspaceLoop:
                 gauge.dec()
                 if uid in self.fresh:
                     self.wake()  # it changed while we were busy with it
-                elif (track := self.tracking.get(uid)) is not None and \
-                        (track.kind is not None or track.owed or track.failures):
+                elif (track := self.tracking.get(uid)) is not None and track.pending:
                     self._retime()
             if result is not None:  # None: the resource was gone, nothing was reconciled
                 metrics.reconcile_time.labels(metrics.CONTROLLER).observe(clock() - began)
@@ -405,8 +409,7 @@ class WorkspaceLoop:
 
     def _idle(self) -> bool:
         """Nothing in flight, owed, retrying, new or being deleted among the members."""
-        if self.fresh or any(t.kind is not None or t.owed or t.failures
-                             for t in self.tracking.values()):
+        if self.fresh or any(t.pending for t in self.tracking.values()):
             return False
         records = self.engine.records
         return not any(r.deleting or r.recorded.operation is not None or not r.acknowledged
