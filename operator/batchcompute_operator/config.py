@@ -188,8 +188,8 @@ class Settings:
     # These are the sizes `make bench` measures; kopf and the engine have one pool each.
     max_connections: int = 16
     kube_connections: int = 8
-    # ARM answers read at once: a LIST page of 100 computes holds about a MiB while it is
-    # parsed, and a hundred workspaces polling together would otherwise parse a pool's worth.
+    # ARM answers read at once: each LIST page (up to 100 computes) is parsed whole, and a
+    # hundred workspaces polling together would otherwise parse a pool's worth.
     max_reads: int = 4
     credential: CredentialMode = "default"
     static_token_file: str | None = None

@@ -34,8 +34,8 @@ RETRYABLE = frozenset({429, 500, 502, 503, 504})
 
 # Request priorities, most urgent first. Under a burst of creations the pool is the queue:
 # without them, a new object's first status waited behind the results and events of earlier
-# ones for seconds, during which it had no status at all. Events are not put last: in a long
-# burst they would wait for its end, thousands of them held in memory meanwhile.
+# ones for seconds, during which it had no status at all. Everything else keeps its order:
+# events put last would wait out a whole burst.
 FIRST_STATUS, STATUS = 0, 1
 
 

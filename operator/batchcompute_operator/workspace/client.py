@@ -105,9 +105,9 @@ class ArmClient:
         self._allow_http = allow_insecure_http
         self._read_attempts = read_attempts
         self._max_backoff = max_backoff
-        # GETs (LIST pages above all) are sent, read and parsed a few at a time: the memory
-        # of a burst's peak is that of the answers being parsed at once, not of the pool.
-        # Pacing waits and backoff happen outside it.
+        # GETs (LIST pages above all) are sent, read and parsed a few at a time, so the
+        # answers held at once are bounded by this, not by the pool. Pacing waits and
+        # backoff happen outside it.
         self._reads = asyncio.Semaphore(reads_at_once)
         self.stats = CallStats()
         self.last_answer = 0.0  # monotonic time ARM last answered anything
