@@ -1,4 +1,5 @@
-"""When the API server connections are all busy, a new object's first status goes first.
+"""When the API server connections are all busy, a new object's first status goes first,
+and status writes and events then take turns.
 
 The client runs against a real HTTP server on loopback that holds the first request until
 the test lets it go, so the others queue for the pool's only connection.
@@ -13,7 +14,9 @@ import pytest
 from aiohttp import web
 
 from batchcompute_operator.kube.client import (
+    EVENT,
     FIRST_STATUS,
+    STATUS,
     Connection,
     KubeClient,
     PriorityGate,
@@ -29,7 +32,7 @@ class Server:
         self.url = ""
 
     async def handle(self, request: web.Request) -> web.Response:
-        name = request.path.split("/")[-1] if request.method == "POST" else \
+        name = (await request.json())["reason"] if request.method == "POST" else \
             request.path.split("/")[-2]
         self.arrived.append(f"{request.method} {name}")
         if len(self.arrived) == 1:
@@ -60,7 +63,8 @@ async def until(condition: Callable[[], bool], deadline: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-async def test_first_status_overtakes_waiting_events_and_results(server: Server) -> None:
+async def test_first_status_goes_first_then_statuses_and_events_take_turns(
+        server: Server) -> None:
     async def connect() -> Connection:
         return Connection(server=server.url, ssl=False)
 
@@ -68,32 +72,38 @@ async def test_first_status_overtakes_waiting_events_and_results(server: Server)
     try:
         busy = asyncio.create_task(client.patch_status(f"{PATH}/busy", "u0", {}))
         await until(lambda: len(server.arrived) == 1)
-        # Queued in this order while the only connection is taken:
-        event = asyncio.create_task(client.post_event("team-a", {"reason": "x"}))
-        await asyncio.sleep(0.05)
-        result = asyncio.create_task(client.patch_status(f"{PATH}/result", "u1", {}))
-        await asyncio.sleep(0.05)
-        first = asyncio.create_task(client.patch_status(f"{PATH}/new", "u2", {},
-                                                        priority=FIRST_STATUS))
+        # Queued in this order while the only connection is taken: three results, then
+        # three events, then a new object's first status.
+        queued = []
+        for name in ("r1", "r2", "r3"):
+            queued.append(asyncio.create_task(client.patch_status(f"{PATH}/{name}", name, {})))
+            await asyncio.sleep(0.02)
+        for reason in ("e1", "e2", "e3"):
+            queued.append(asyncio.create_task(client.post_event("team-a", {"reason": reason})))
+            await asyncio.sleep(0.02)
+        queued.append(asyncio.create_task(client.patch_status(f"{PATH}/new", "u2", {},
+                                                              priority=FIRST_STATUS)))
         await asyncio.sleep(0.05)
         assert server.arrived == ["PATCH busy"]
         server.release.set()
-        await asyncio.wait_for(asyncio.gather(busy, event, result, first), timeout=5)
-        # The first status goes first; the others keep their order.
-        assert server.arrived == ["PATCH busy", "PATCH new", "POST events", "PATCH result"]
+        await asyncio.wait_for(asyncio.gather(busy, *queued), timeout=5)
+        # The first status goes first. The events queued behind the results do not wait for
+        # all of them: the two classes alternate, each in the order it was queued.
+        assert server.arrived == ["PATCH busy", "PATCH new", "PATCH r1", "POST e1", "PATCH r2",
+                                  "POST e2", "PATCH r3", "POST e3"]
     finally:
         await client.close()
 
 
 async def test_a_cancelled_waiter_does_not_lose_its_place_in_the_pool() -> None:
     gate = PriorityGate(1)
-    await gate.acquire(1)
-    cancelled = asyncio.create_task(gate.acquire(0))
-    waiting = asyncio.create_task(gate.acquire(2))
+    await gate.acquire(STATUS)
+    cancelled = asyncio.create_task(gate.acquire(FIRST_STATUS))
+    waiting = asyncio.create_task(gate.acquire(EVENT))
     await asyncio.sleep(0)
     cancelled.cancel()
     await asyncio.sleep(0)
     gate.release()  # skips the cancelled waiter and hands the place on
     await asyncio.wait_for(waiting, timeout=1)
     gate.release()
-    await asyncio.wait_for(gate.acquire(0), timeout=1)  # the one place is free again
+    await asyncio.wait_for(gate.acquire(FIRST_STATUS), timeout=1)  # the one place is free again

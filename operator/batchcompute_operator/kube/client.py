@@ -5,21 +5,20 @@ one client, so its timeouts, retries and concurrency are ours to bound. It runs 
 the HTTP stack kopf itself uses for the API server (ARM has its own httpx client): per
 request it costs a fraction of what a general-purpose client does, and an attach costs four
 of them. When every connection is busy, a new generation's first status goes ahead of the
-other requests, which keep their order. Status patches are JSON merge patches of the status
-subresource without a resourceVersion (they never fail with 409), carrying `metadata.uid` so
-a patch never lands on a re-created namespace/name.
+other requests; events and the rest then take turns, each in its own order. Status patches
+are JSON merge patches of the status subresource without a resourceVersion (they never fail
+with 409), carrying `metadata.uid` so a patch never lands on a re-created namespace/name.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import json
 import logging
 import random
 import ssl
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,42 +31,54 @@ log = logging.getLogger(__name__)
 
 RETRYABLE = frozenset({429, 500, 502, 503, 504})
 
-# Request priorities, most urgent first. Under a burst of creations the pool is the queue:
-# without them, a new object's first status waited behind the results and events of earlier
-# ones for seconds, during which it had no status at all. Everything else keeps its order:
-# events put last would wait out a whole burst.
-FIRST_STATUS, STATUS = 0, 1
+# Request classes. Under a burst of creations the pool is the queue. A new object's first
+# status goes ahead of everything: without that it waited behind the results and events of
+# earlier objects for seconds, with no status at all. Status writes and events then take
+# turns, each class in its own order: every attach makes two of each. In one shared queue,
+# a few event posters stood against up to four status writers per workspace loop; under a
+# burst over a hundred workspaces, events piled up by the thousand and were still
+# being posted long after the last attachment was Ready.
+FIRST_STATUS, STATUS, EVENT = 0, 1, 2  # STATUS: also every other request but events
 
 
 class PriorityGate:
-    """At most `size` holders; when all places are taken, the most urgent waiter (lowest
-    priority number, then the earliest) gets the next one that is released."""
+    """At most `size` holders. When all places are taken, the next one released goes to a
+    first status if one waits, else to the STATUS and EVENT classes in turn."""
 
     def __init__(self, size: int) -> None:
         self._free = size
-        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
-        self._order = itertools.count()
+        self._waiting: tuple[deque[asyncio.Future[None]], ...] = (deque(), deque(), deque())
+        self._turn = STATUS  # of STATUS and EVENT, the class served next when both wait
 
-    async def acquire(self, priority: int) -> None:
-        if self._free > 0 and not self._waiters:
+    async def acquire(self, kind: int) -> None:
+        if self._free > 0 and not any(self._waiting):
             self._free -= 1
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiters, (priority, next(self._order), waiter))
+        self._waiting[kind].append(waiter)
         try:
             await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # handed a place while being cancelled: pass it on
-            raise  # a cancelled waiter still in the heap is skipped by release()
+            raise  # a cancelled waiter still queued is skipped by release()
 
     def release(self) -> None:
-        while self._waiters:
-            _, _, waiter = heapq.heappop(self._waiters)
+        while (kind := self._next()) is not None:
+            waiter = self._waiting[kind].popleft()
             if not waiter.done():
+                if kind != FIRST_STATUS:
+                    self._turn = EVENT if kind == STATUS else STATUS
                 waiter.set_result(None)
                 return
         self._free += 1
+
+    def _next(self) -> int | None:
+        other = EVENT if self._turn == STATUS else STATUS
+        for kind in (FIRST_STATUS, self._turn, other):
+            if self._waiting[kind]:
+                return kind
+        return None
 
 
 @dataclass(frozen=True)
@@ -227,7 +238,7 @@ class KubeClient:
         """Create a named event; False when it exists already (an earlier attempt of this
         very POST was stored, and its answer lost)."""
         resp = await self.request("POST", f"/api/v1/namespaces/{namespace}/events",
-                                  body=dict(event), ok=frozenset({409}))
+                                  body=dict(event), ok=frozenset({409}), priority=EVENT)
         return resp.status != 409
 
     async def get_json(self, path: str, *, missing_ok: bool = False) -> dict[str, Any] | None:
