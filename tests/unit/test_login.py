@@ -121,3 +121,25 @@ def test_the_operator_starts_without_importing_the_kubernetes_client() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env={"PYTHONPATH": str(REPO / "operator")})
     assert out.stdout.splitlines() == ["[] None", "ConfigException"]
+
+
+def test_kopf_hands_every_resource_the_process_memo_not_a_copy(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """kopf keeps a memo per resource for as long as it exists; ours is shared, not copied."""
+    import asyncio
+
+    from kopf._core.reactor.inventory import ResourceMemories
+
+    from batchcompute_operator.config import Settings
+
+    started: dict[str, Any] = {}
+    monkeypatch.setattr(kopf, "run", lambda **kwargs: started.update(kwargs))
+    handlers.run(Settings(), "op-1", 1, ())
+    memo = started["memo"]
+
+    async def recall() -> list[Any]:
+        memories = ResourceMemories()
+        return [(await memories.recall({"metadata": {"uid": uid, "name": uid}},
+                                       memobase=memo)).memo for uid in ("u1", "u2")]
+
+    assert all(seen is memo for seen in asyncio.run(recall()))
