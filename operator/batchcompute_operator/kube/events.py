@@ -33,7 +33,7 @@ RETRY_FOR = 600.0  # seconds an event is offered again while the API server cann
 RETRY_DELAY_MAX = 8.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class InvolvedObject:
     api_version: str
     kind: str
@@ -42,14 +42,24 @@ class InvolvedObject:
     uid: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PendingEvent:
+    """Kept small: when the API server is slower than a burst, thousands wait in the queue."""
+
     obj: InvolvedObject
     type: str
     reason: str
     message: str
-    at: datetime
-    name: str  # chosen once: a retried POST that was stored before answers 409
+    stamp: int  # when it happened, in ns since the epoch; unique, so it names the event too
+
+    @property
+    def name(self) -> str:
+        """Chosen once: a retried POST that was stored before answers 409."""
+        return f"{self.obj.name[:NAME_MAX]}.{self.stamp:x}"
+
+    @property
+    def at(self) -> datetime:
+        return datetime.fromtimestamp(self.stamp / 1e9, UTC)
 
 
 class EventPoster:
@@ -79,8 +89,7 @@ class EventPoster:
 
     def post(self, obj: InvolvedObject, type_: str, reason: str, message: str) -> None:
         self._stamp = max(time.time_ns(), self._stamp + 1)
-        event = PendingEvent(obj, type_, reason, message, datetime.now(UTC),
-                             f"{obj.name[:NAME_MAX]}.{self._stamp:x}")
+        event = PendingEvent(obj, type_, reason, message, self._stamp)
         try:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
@@ -104,7 +113,7 @@ class EventPoster:
             try:
                 await self._client.post_event(obj.namespace, body)
             except KubeError as err:
-                age = (datetime.now(UTC) - event.at).total_seconds()
+                age = (time.time_ns() - event.stamp) / 1e9
                 if (err.status == 0 or err.status in RETRYABLE) and age < RETRY_FOR:
                     if not self._failing:
                         self._failing = True
@@ -126,8 +135,9 @@ class EventPoster:
             return
 
     def _body(self, event: PendingEvent) -> dict[str, Any]:
-        stamp = event.at.strftime("%Y-%m-%dT%H:%M:%SZ")
-        micro = event.at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        at = event.at
+        stamp = at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        micro = at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         obj = event.obj
         message = event.message if len(event.message) <= MESSAGE_MAX else \
             event.message[:MESSAGE_MAX - 3] + "..."
