@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -63,18 +64,20 @@ class WorkspaceRef:
             f"/providers/Microsoft.MachineLearningServices/workspaces/{self.name}"
         )
 
-    @property
+    @cached_property
     def key(self) -> tuple[str, str, str]:
-        """ARM names are case-insensitive; caches key on the folded form."""
+        """ARM names are case-insensitive; caches key on the folded form. Computed once: every
+        record's loop and claim key on it, and one workspace is shared by all its records."""
         return (self.subscription_id.lower(), self.resource_group.lower(), self.name.lower())
 
     def compute_id(self, compute_name: str) -> str:
         return f"{self.arm_id}/computes/{compute_name}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AttachmentSpec:
-    """A validated spec: everything needed to PUT, observe and detach one compute."""
+    """A validated spec: everything needed to PUT, observe and detach one compute (one per
+    record, so without a __dict__ of its own)."""
 
     workspace: WorkspaceRef
     compute_name: str

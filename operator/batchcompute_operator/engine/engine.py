@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -120,7 +121,7 @@ class Engine:
         Returns None when `record` may create the compute, or the live resource that holds the
         name. Claims are taken synchronously, so two loops can never both pass.
         """
-        key = (workspace.key, name.lower())
+        key = (workspace.key, sys.intern(name.lower()))
         holder_uid = self._claims.get(key)
         if holder_uid is not None and holder_uid != record.uid:
             holder = self.records.get(holder_uid)
@@ -183,12 +184,12 @@ class Engine:
             old_loop = self.loops.get(old)
             if old_loop is not None:
                 old_loop.remove(record.uid)
-        self._placed[record.uid] = key
         loop = self.loops.get(key)
         if loop is None:
             loop = self.loops[key] = WorkspaceLoop(self, key, workspace)
             if not self._stopping:
                 loop.start()
+        self._placed[record.uid] = loop.key  # one key object per loop, not one per record
         urgent = previous is None or old != key or previous.generation != record.generation \
             or previous.deleting != record.deleting or previous.finalized != record.finalized \
             or not record.acknowledged
