@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import httpx
 
 from batchcompute_operator import GROUP, PLURAL, VERSION, metrics
+from batchcompute_operator.collector import Collector
 from batchcompute_operator.config import Settings
 from batchcompute_operator.credentials import (
     CredentialsUnavailable,
@@ -40,12 +41,15 @@ class Runtime:
     gate: PeeringGate
     identities: NamespaceIdentities
     engine: Engine
+    collector: Collector
 
     def start(self) -> None:
         self.events.start()
         self.gate.start()
+        self.collector.start()
 
     async def close(self) -> None:
+        await self.collector.stop()
         await self.engine.stop()
         await self.gate.stop()
         await self.events.stop()
@@ -128,4 +132,4 @@ def build_runtime(settings: Settings, connect: Connector, *, identity: str,
 
     engine = Engine(Services(settings, api, kube, events, gate, Identities(resolve)))
     return Runtime(settings, http, tokens, api.client, kube, events, gate, namespace_identities,
-                   engine)
+                   engine, Collector())
