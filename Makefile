@@ -75,8 +75,8 @@ run: venv ## run the operator against the current kubeconfig (BCO_* variables co
 	$(BIN)/python -m batchcompute_operator
 
 .PHONY: bench
-bench: venv controlplane ## N=1000 three times (medians), the 100/300 curve, metrics cost, 10 000 attachments
-	$(BIN)/python -m bench --n $(N) --repeat 3 --curve 100,300 --metrics-cost --footprint 10000
+bench: venv controlplane ## N=1000 three times (medians), the 100/300 curve, metrics cost, kopf's floor, 10 000 attachments
+	$(BIN)/python -m bench --n $(N) --repeat 3 --curve 100,300 --metrics-cost --kopf-floor --footprint 10000
 
 .PHONY: version
 version: ## print the version (pyproject.toml) and the image it is released as

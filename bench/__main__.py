@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.floor import kopf_floor
 from bench.scenario import (
     FULL,
     LARGE,
@@ -42,6 +43,10 @@ GOALS: Sequence[tuple[str, str, str, Any]] = (
     ("k8s_writes_per_attach", "{:.2f}", "<= 5", lambda v: v <= 5.0),
     ("events_per_attach", "{:.2f}", "== 2", lambda v: v == 2.0),
     ("cpu_seconds_per_attach", "{:.4f}", "<= 0.006", lambda v: v <= 0.006),
+    # kopf alone, with handlers that do nothing, for the same four watch events per attach;
+    # and what the operator spends beyond it (engine, ARM client, events, status writes).
+    ("kopf_floor_cpu_seconds_per_attach", "{:.4f}", "(reported)", None),
+    ("cpu_seconds_over_kopf_floor", "{:.4f}", "(reported)", None),
     ("steady_arm_reads_per_interval", "{:.1f}", "<= 10", lambda v: v <= 10.0 + 10 / 3),
     ("steady_arm_writes", "{:.0f}", "0", lambda v: v == 0),
     ("steady_k8s_writes", "{:.0f}", "0", lambda v: v == 0),
@@ -130,6 +135,24 @@ def one_run(args: argparse.Namespace, sink: Sink, label: str, n: int, phases: Se
         return work(Path(tmp))
 
 
+def floor_run(args: argparse.Namespace, sink: Sink) -> None:
+    log(f"=== run kopf-floor: N={args.n}, kopf alone")
+
+    def work(tmp: Path) -> None:
+        docs = [SMALL.attachment(j) for j in range(args.n)]
+        sink.phase("kopf-floor", {"load_avg_1m_start": os.getloadavg()[0],
+                                  **kopf_floor(args, tmp, docs, log),
+                                  "load_avg_1m_end": os.getloadavg()[0]})
+
+    if args.keep is not None:
+        path = args.keep / "kopf-floor"
+        path.mkdir(parents=True, exist_ok=True)
+        work(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="bco-bench-") as tmp:
+        work(Path(tmp))
+
+
 def summarize(sink: Sink, args: argparse.Namespace) -> None:
     runs = sink.data["runs"]
     # n1000-1, n1000-2, ...: not n1000-no-metrics, which only attaches, without metrics
@@ -160,6 +183,11 @@ def summarize(sink: Sink, args: argparse.Namespace) -> None:
         with_metrics = statistics.median([r["cpu_seconds_per_attach"] for r in main_runs])
         summary["cpu_seconds_per_attach_no_metrics"] = quiet["cpu_seconds_per_attach"]
         summary["metrics_cpu_overhead"] = with_metrics / quiet["cpu_seconds_per_attach"] - 1
+    floor = runs.get("kopf-floor", {}).get("kopf_floor_cpu_seconds_per_attach")
+    if floor is not None:
+        summary["kopf_floor_cpu_seconds_per_attach"] = floor
+        if "cpu_seconds_per_attach" in summary:
+            summary["cpu_seconds_over_kopf_floor"] = summary["cpu_seconds_per_attach"] - floor
     sink.data["summary"] = summary
     sink.data["spread"] = spread
     goals: dict[str, Any] = {}
@@ -219,6 +247,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "restart the operator: memory and restart time at that size")
     p.add_argument("--metrics-cost", action="store_true",
                    help="also attach N with metrics off, for the CPU the metrics cost")
+    p.add_argument("--kopf-floor", action="store_true",
+                   help="also measure kopf's own CPU per attach (bench/floor.py) at N")
     p.add_argument("--attach-only", action="store_true", help="only the attach burst at N")
     p.add_argument("--keep", type=Path, default=None,
                    help="keep the operator, emulator and control-plane logs here")
@@ -251,6 +281,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         summarize(sink, args)
     if args.metrics_cost:
         attempt(f"n{args.n}-no-metrics", args.n, (), env={"BCO_METRICS_PORT": "0"})
+    if args.kopf_floor:
+        try:
+            floor_run(args, sink)
+        except Exception as exc:  # reported like a failed run; the others stand
+            failures.append(f"kopf-floor: {exc}")
+            sink.data["runs"]["kopf-floor"] = {"error": str(exc)}
+            sink.write()
+            log(f"run kopf-floor failed: {exc}")
     if args.footprint:
         attempt(f"n{args.footprint}", args.footprint, ("restart",), layout=LARGE)
     summarize(sink, args)
