@@ -70,3 +70,19 @@ def test_detach_costs_one_delete_and_leaves_nothing(figures: dict[str, float]) -
     assert figures["computes_left"] == 0
     assert figures["detach_arm_429_fraction"] <= 0.01
 
+
+
+def test_kopf_floor_run_shows_kopf_the_operators_watch_events(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """`make bench --kopf-floor` in miniature: kopf alone adds its finalizer to every resource,
+    takes both statuses as the operator words them (the API server validates them against the
+    CRD), and its CPU per attach is measured."""
+    from bench.floor import kopf_floor
+    from bench.scenario import SMALL
+
+    args = argparse.Namespace(resync=RESYNC, timeout=240.0, keep=None)
+    docs = [SMALL.attachment(j) for j in range(20)]
+    floor = kopf_floor(args, tmp_path_factory.mktemp("floor"), docs, lambda _: None)
+    assert floor["kopf_floor_cpu_seconds_per_attach"] > 0
+    assert 0 < floor["kopf_floor_create_cpu_seconds_per_attach"] \
+        <= floor["kopf_floor_cpu_seconds_per_attach"]
