@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,38 +120,33 @@ class Sink:
         dump(self.path, self.data)
 
 
-def one_run(args: argparse.Namespace, sink: Sink, label: str, n: int, phases: Sequence[str],
-            layout: Layout = SMALL, env: dict[str, str] | None = None) -> dict[str, float]:
-    log(f"=== run {label}: N={n}, phases: {', '.join(phases) or 'attach only'}")
-
-    def work(tmp: Path) -> dict[str, float]:
-        return run(args, tmp, n, phases, layout=layout, operator_env=env,
-                   progress=lambda r: sink.phase(label, r))
-
+@contextlib.contextmanager
+def workdir(args: argparse.Namespace, label: str) -> Iterator[Path]:
+    """The run's directory: kept under --keep, else a temporary one."""
     if args.keep is not None:
         path = args.keep / label
         path.mkdir(parents=True, exist_ok=True)
-        return work(path)
-    with tempfile.TemporaryDirectory(prefix="bco-bench-") as tmp:
-        return work(Path(tmp))
-
-
-def floor_run(args: argparse.Namespace, sink: Sink) -> None:
-    log(f"=== run kopf-floor: N={args.n}, kopf alone")
-
-    def work(tmp: Path) -> None:
-        docs = [SMALL.attachment(j) for j in range(args.n)]
-        sink.phase("kopf-floor", {"load_avg_1m_start": os.getloadavg()[0],
-                                  **kopf_floor(args, tmp, docs, log),
-                                  "load_avg_1m_end": os.getloadavg()[0]})
-
-    if args.keep is not None:
-        path = args.keep / "kopf-floor"
-        path.mkdir(parents=True, exist_ok=True)
-        work(path)
+        yield path
         return
     with tempfile.TemporaryDirectory(prefix="bco-bench-") as tmp:
-        work(Path(tmp))
+        yield Path(tmp)
+
+
+def one_run(args: argparse.Namespace, sink: Sink, label: str, n: int, phases: Sequence[str],
+            layout: Layout = SMALL, env: dict[str, str] | None = None) -> dict[str, float]:
+    log(f"=== run {label}: N={n}, phases: {', '.join(phases) or 'attach only'}")
+    with workdir(args, label) as work:
+        return run(args, work, n, phases, layout=layout, operator_env=env,
+                   progress=lambda r: sink.phase(label, r))
+
+
+def floor_run(args: argparse.Namespace, sink: Sink, label: str) -> None:
+    log(f"=== run {label}: N={args.n}, kopf alone")
+    with workdir(args, label) as work:
+        docs = [SMALL.attachment(j) for j in range(args.n)]
+        sink.phase(label, {"load_avg_1m_start": os.getloadavg()[0],
+                           **kopf_floor(args, work, docs, log),
+                           "load_avg_1m_end": os.getloadavg()[0]})
 
 
 def summarize(sink: Sink, args: argparse.Namespace) -> None:
@@ -264,9 +260,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sink.write()
     failures: list[str] = []
 
-    def attempt(label: str, *a: Any, **kw: Any) -> None:
+    def attempt(label: str, *a: Any, runner: Callable[..., Any] = one_run, **kw: Any) -> None:
         try:
-            one_run(args, sink, label, *a, **kw)
+            runner(args, sink, label, *a, **kw)
         except Exception as exc:  # the other runs still go ahead; the failure is recorded
             failures.append(f"{label}: {exc}")
             sink.data["runs"].setdefault(label, {})["error"] = str(exc)
@@ -282,13 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.metrics_cost:
         attempt(f"n{args.n}-no-metrics", args.n, (), env={"BCO_METRICS_PORT": "0"})
     if args.kopf_floor:
-        try:
-            floor_run(args, sink)
-        except Exception as exc:  # reported like a failed run; the others stand
-            failures.append(f"kopf-floor: {exc}")
-            sink.data["runs"]["kopf-floor"] = {"error": str(exc)}
-            sink.write()
-            log(f"run kopf-floor failed: {exc}")
+        attempt("kopf-floor", runner=floor_run)
     if args.footprint:
         attempt(f"n{args.footprint}", args.footprint, ("restart",), layout=LARGE)
     summarize(sink, args)
