@@ -145,7 +145,7 @@ def floor_run(args: argparse.Namespace, sink: Sink, label: str) -> None:
     with workdir(args, label) as work:
         docs = [SMALL.attachment(j) for j in range(args.n)]
         sink.phase(label, {"load_avg_1m_start": os.getloadavg()[0],
-                           **kopf_floor(args, work, docs, log),
+                           **kopf_floor(args, work, docs),
                            "load_avg_1m_end": os.getloadavg()[0]})
 
 

@@ -11,21 +11,15 @@ and the events cost; the floor itself moves only with kopf and with the machine.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import subprocess
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from batchcompute_testbed.controlplane import ControlPlane
-from batchcompute_testbed.stack import child_env, free_port, install, kubectl, stop_process
+from batchcompute_testbed.stack import install, kubectl, start_operator, stop_process
 from bench.kube import Admin
 from bench.procstat import cpu_seconds
+from bench.scenario import log, wait
 
 FLOOR_OPERATOR = Path(__file__).resolve().parent / "kopf_floor.py"
 NAMESPACE = "bench"
@@ -79,56 +73,29 @@ def _quiet(pid: int, idle_rate: float, deadline: float) -> float:
             raise TimeoutError("the kopf floor operator did not settle")
 
 
-async def _patch_statuses(admin: Admin, docs: list[dict[str, Any]], index: int) -> None:
-    limit = asyncio.Semaphore(STATUS_CONCURRENCY)
-    async with httpx.AsyncClient(
-            base_url=admin.server, verify=admin.ssl, timeout=60.0,
-            headers={"Authorization": f"Bearer {admin.token}",
-                     "Content-Type": "application/merge-patch+json"},
-            limits=httpx.Limits(max_connections=STATUS_CONCURRENCY)) as http:
-
-        async def one(doc: dict[str, Any]) -> None:
-            name = doc["metadata"]["name"]
-            body = statuses(doc["spec"]["batchAccount"]["resourceId"], doc["spec"]["workspace"],
-                            name)[index]
-            async with limit:
-                resp = await http.patch(admin.path(NAMESPACE, name) + "/status",
-                                        content=json.dumps({"status": body}))
-                if resp.status_code != 200:
-                    raise RuntimeError(f"status of {name}: {resp.status_code} {resp.text[:300]}")
-
-        await asyncio.gather(*(one(doc) for doc in docs))
-
-
-def kopf_floor(args: argparse.Namespace, work: Path, docs: list[dict[str, Any]],
-               log: Callable[[str], None]) -> dict[str, float]:
+def kopf_floor(args: argparse.Namespace, work: Path,
+               docs: list[dict[str, Any]]) -> dict[str, float]:
     """Create `docs`, write their two statuses; kopf's CPU for it, per resource."""
     n = len(docs)
     with ControlPlane(run_dir=work / "controlplane" if args.keep else None) as plane:
         install(plane.kubeconfig_admin)
         kubectl(plane.kubeconfig_admin, "create", "namespace", NAMESPACE)
         admin = Admin(plane.kubeconfig_admin)
-        health = free_port()
-        with (work / "kopf-floor.log").open("ab") as out:
-            proc = subprocess.Popen(
-                [sys.executable, str(FLOOR_OPERATOR)], stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT,
-                env=child_env({"KUBECONFIG": str(plane.kubeconfig_operator),
-                               "BCO_NAMESPACES": NAMESPACE, "BCO_HEALTH_PORT": str(health),
-                               "BCO_RESYNC_INTERVAL": f"{args.resync:g}"}))
+        proc = start_operator(plane.kubeconfig_operator,
+                              {"BCO_NAMESPACES": NAMESPACE,
+                               "BCO_RESYNC_INTERVAL": f"{args.resync:g}"},
+                              work / "kopf-floor.log", args=(str(FLOOR_OPERATOR),))
         try:
             deadline = time.monotonic() + args.timeout
-            while True:
+
+            def alive() -> None:
                 if proc.poll() is not None:
                     raise RuntimeError("the kopf floor operator exited: see kopf-floor.log")
-                try:
-                    if httpx.get(f"http://127.0.0.1:{health}/healthz", timeout=1).is_success:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError("the kopf floor operator did not start")
-                time.sleep(0.2)
+
+            shaped = [(doc["metadata"]["name"],
+                       statuses(doc["spec"]["batchAccount"]["resourceId"],
+                                doc["spec"]["workspace"], doc["metadata"]["name"]))
+                      for doc in docs]
             # What an idle kopf spends (its watch, its liveness), taken off the result.
             time.sleep(1.0)
             idle_from, idle_cpu = time.monotonic(), cpu_seconds(proc.pid)
@@ -137,15 +104,17 @@ def kopf_floor(args: argparse.Namespace, work: Path, docs: list[dict[str, Any]],
 
             started, cpu_start = time.monotonic(), cpu_seconds(proc.pid)
             admin.create_all(NAMESPACE, docs)
-            while sum(1 for o in admin.list(NAMESPACE)
-                      if o["metadata"].get("finalizers")) < n:
-                if time.monotonic() > deadline:
-                    raise TimeoutError("kopf did not add its finalizer to every resource")
-                time.sleep(0.5)
+
+            def finalized() -> tuple[bool, str]:
+                k = sum(1 for o in admin.list(NAMESPACE) if o["metadata"].get("finalizers"))
+                return k == n, f"{k}/{n} with kopf's finalizer"
+
+            wait("kopf's finalizers", finalized, deadline, alive, interval=0.5)
             cpu_created = _quiet(proc.pid, idle_rate, deadline)
             created = time.monotonic()
             for index in (0, 1):
-                asyncio.run(_patch_statuses(admin, docs, index))
+                admin.patch_statuses(NAMESPACE, {name: both[index] for name, both in shaped},
+                                     concurrency=STATUS_CONCURRENCY)
             cpu_end = _quiet(proc.pid, idle_rate, deadline)
             idle = idle_rate * (time.monotonic() - started)
             results = {

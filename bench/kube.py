@@ -14,7 +14,7 @@ import ssl
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +51,15 @@ class Admin:
         """POST every object, `concurrency` at a time, retrying what the server defers."""
         asyncio.run(self._create_all(namespace, docs, concurrency))
 
+    def async_client(self, concurrency: int) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.server, verify=self.ssl, timeout=60.0,
+                                 headers={"Authorization": f"Bearer {self.token}"},
+                                 limits=httpx.Limits(max_connections=concurrency))
+
     async def _create_all(self, namespace: str, docs: Sequence[dict[str, Any]],
                           concurrency: int) -> None:
         limit = asyncio.Semaphore(concurrency)
-        async with httpx.AsyncClient(
-                base_url=self.server, verify=self.ssl, timeout=60.0,
-                headers={"Authorization": f"Bearer {self.token}"},
-                limits=httpx.Limits(max_connections=concurrency)) as http:
+        async with self.async_client(concurrency) as http:
 
             async def create(doc: dict[str, Any]) -> None:
                 async with limit:
@@ -73,6 +75,27 @@ class Admin:
                     raise RuntimeError(f"create {doc['metadata']['name']}: gave up")
 
             await asyncio.gather(*(create(doc) for doc in docs))
+
+    def patch_statuses(self, namespace: str, statuses: Mapping[str, dict[str, Any]],
+                       concurrency: int = 16) -> None:
+        """Merge-patch each named object's status subresource, `concurrency` at a time."""
+        asyncio.run(self._patch_statuses(namespace, statuses, concurrency))
+
+    async def _patch_statuses(self, namespace: str, statuses: Mapping[str, dict[str, Any]],
+                              concurrency: int) -> None:
+        limit = asyncio.Semaphore(concurrency)
+        async with self.async_client(concurrency) as http:
+
+            async def patch(name: str, status: dict[str, Any]) -> None:
+                async with limit:
+                    resp = await http.patch(
+                        self.path(namespace, name) + "/status", json={"status": status},
+                        headers={"Content-Type": "application/merge-patch+json"})
+                    if resp.status_code != 200:
+                        raise RuntimeError(f"status of {name}: {resp.status_code} "
+                                           f"{resp.text[:300]}")
+
+            await asyncio.gather(*(patch(name, status) for name, status in statuses.items()))
 
     def delete_all(self, namespace: str) -> None:
         with self.client() as http:

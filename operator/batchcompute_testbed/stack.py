@@ -145,12 +145,14 @@ def stop_process(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM
 
 
 def start_operator(kubeconfig: Path, env: Mapping[str, str], log_file: Path,
+                   args: Sequence[str] = ("-m", "batchcompute_operator"),
                    ) -> subprocess.Popen[bytes]:
-    """`python -m batchcompute_operator` with the given BCO_* settings; waits for liveness."""
+    """`python -m batchcompute_operator` (or `python *args`) with the given BCO_* settings;
+    waits for liveness on BCO_HEALTH_PORT."""
     port = free_port()
     with log_file.open("ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "batchcompute_operator"], stdin=subprocess.DEVNULL,
+            [sys.executable, *args], stdin=subprocess.DEVNULL,
             stdout=log, stderr=subprocess.STDOUT,
             env=child_env({"KUBECONFIG": str(kubeconfig), "BCO_HEALTH_PORT": str(port),
                            "BCO_METRICS_PORT": str(free_port()), **env}))

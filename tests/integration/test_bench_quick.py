@@ -82,7 +82,7 @@ def test_kopf_floor_run_shows_kopf_the_operators_watch_events(
 
     args = argparse.Namespace(resync=RESYNC, timeout=240.0, keep=None)
     docs = [SMALL.attachment(j) for j in range(20)]
-    floor = kopf_floor(args, tmp_path_factory.mktemp("floor"), docs, lambda _: None)
+    floor = kopf_floor(args, tmp_path_factory.mktemp("floor"), docs)
     assert floor["kopf_floor_cpu_seconds_per_attach"] > 0
     assert 0 < floor["kopf_floor_create_cpu_seconds_per_attach"] \
         <= floor["kopf_floor_cpu_seconds_per_attach"]
