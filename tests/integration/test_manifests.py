@@ -457,7 +457,7 @@ def test_deployment_is_hardened_and_probed() -> None:
     assert security["allowPrivilegeEscalation"] is False
     assert security["capabilities"] == {"drop": ["ALL"]}
     assert security["seccompProfile"] == {"type": "RuntimeDefault"}
-    # Sized from `make bench` (README, Performance): peaks of about 142 MiB at 10 000.
+    # Sized from `make bench` (README, Performance): peaks of about 149 MiB at 10 000.
     assert container["resources"] == {
         "requests": {"cpu": "100m", "memory": "192Mi"},
         "limits": {"cpu": "500m", "memory": "384Mi"},
